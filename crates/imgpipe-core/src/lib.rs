@@ -1,0 +1,1 @@
+//! imgpipe-core (being written).

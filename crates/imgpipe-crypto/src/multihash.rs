@@ -1,0 +1,1 @@
+//! Glance multihash selection rules (owned by the signature work, issue 4). Placeholder until it lands.

@@ -1,0 +1,1 @@
+//! Image-signature and certificate verification (owned by the signature work, issue 4). Placeholder until it lands.

@@ -1,0 +1,1 @@
+//! AES-XTS sector encryption (owned by the encryption work, issue 5). Placeholder until it lands.

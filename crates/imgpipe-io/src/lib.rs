@@ -1,0 +1,1 @@
+//! imgpipe-io (being written).

@@ -1,0 +1,1 @@
+//! imgpipe-spec (being written).

@@ -1,0 +1,1 @@
+//! imgpipe (being written).
