@@ -178,8 +178,7 @@ pub fn digest(algo: Algorithm, data: &[u8]) -> Vec<u8> {
 /// Compare an expected hex digest (any case, surrounding whitespace ignored) with a computed one.
 pub fn hex_eq(expected: &str, actual: &[u8]) -> bool {
     let e = expected.trim();
-    e.len() == actual.len() * 2
-        && hex::decode(e).is_ok_and(|d| openssl::memcmp::eq(&d, actual))
+    e.len() == actual.len() * 2 && hex::decode(e).is_ok_and(|d| openssl::memcmp::eq(&d, actual))
 }
 
 #[cfg(test)]
@@ -226,7 +225,9 @@ mod tests {
 
     #[test]
     fn chunking_invariance() {
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         for algo in Algorithm::ALL {
             let whole = digest(algo, &data);
             for size in [1usize, 7, 4096, 65536] {

@@ -97,7 +97,9 @@ impl fmt::Display for Format {
 
 /// A format name that imgpipe does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown disk format {0:?} (known: raw qcow2 vmdk vhd vhdx vdi iso luks qed qcow1 parallels bochs cloop dmg gzip xz zstd)")]
+#[error(
+    "unknown disk format {0:?} (known: raw qcow2 vmdk vhd vhdx vdi iso luks qed qcow1 parallels bochs cloop dmg gzip xz zstd)"
+)]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for Format {

@@ -1,1 +1,139 @@
-//! Streaming decoders to raw disk extents (owned by the decoder work, issue 6). Placeholder until it lands.
+//! Streaming decoders: image bytes in stream order → raw disk extents.
+//!
+//! A [`Decoder`] consumes the image bytes exactly as stored (what Glance hashed and signed), in
+//! arbitrary chunks, and emits [`Extent`]s of the *virtual disk*. Contract, for every decoder:
+//!
+//! - `feed` is called with consecutive chunks of the stream (the decoder tracks the stream
+//!   offset itself); `finish` is called once after the last chunk.
+//! - Across `feed` and `finish`, the emitted extents cover `[0, virtual_size)` exactly once:
+//!   every byte of the virtual disk is in exactly one `Data` or `Zero` extent. Extents may be
+//!   emitted in any order (sinks write positionally).
+//! - `Data` extents start and end on multiples of [`ALIGN`] except an extent that ends at
+//!   `virtual_size`; this lets sector-based encryption work on whole sectors.
+//! - Nothing an image names (backing file, external data file, extent file) is ever opened.
+//! - Errors name what was wrong and the value seen; after an error the decoder is not used again.
+
+mod raw;
+
+use bytes::Bytes;
+
+use crate::Format;
+
+pub use raw::RawDecoder;
+
+/// Alignment, in bytes, of `Data` extent boundaries (except at the end of the disk).
+pub const ALIGN: u64 = 512;
+
+/// A piece of the virtual disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extent {
+    /// Bytes at a guest offset.
+    Data {
+        /// Offset in the virtual disk.
+        offset: u64,
+        /// The bytes (a cheap reference-counted slice when possible).
+        data: Bytes,
+    },
+    /// A run of the virtual disk that reads as zeros (unallocated, or allocated and all zero).
+    Zero {
+        /// Offset in the virtual disk.
+        offset: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+}
+
+impl Extent {
+    /// Offset in the virtual disk.
+    pub fn offset(&self) -> u64 {
+        match self {
+            Extent::Data { offset, .. } | Extent::Zero { offset, .. } => *offset,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Extent::Data { data, .. } => data.len() as u64,
+            Extent::Zero { len, .. } => *len,
+        }
+    }
+
+    /// Whether the extent is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why a decoder could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The image is malformed: a table or field is out of range or inconsistent.
+    #[error("malformed {format} image: {message}")]
+    Malformed {
+        /// The format being decoded.
+        format: Format,
+        /// What was wrong, with the value seen and what was allowed.
+        message: String,
+    },
+    /// The image uses a feature the decoder does not implement.
+    #[error("unsupported {format} feature: {message}")]
+    Unsupported {
+        /// The format being decoded.
+        format: Format,
+        /// Which feature.
+        message: String,
+    },
+    /// A configured memory or spill bound would be exceeded.
+    #[error("limit exceeded while decoding {format}: {message}")]
+    Limit {
+        /// The format being decoded.
+        format: Format,
+        /// Which bound, its value and what was needed.
+        message: String,
+    },
+    /// The spill area failed.
+    #[error("spill area I/O error: {0}")]
+    Spill(#[from] std::io::Error),
+}
+
+/// Options common to decoders.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DecodeOptions {
+    /// Stream length in bytes, if known in advance.
+    pub stream_len: Option<u64>,
+    /// Detect all-zero blocks inside data and emit them as `Zero` extents.
+    pub detect_zeroes: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            stream_len: None,
+            detect_zeroes: true,
+        }
+    }
+}
+
+/// A streaming decoder (see the module docs for the contract).
+pub trait Decoder: Send {
+    /// Consume the next chunk of image bytes; push any extents that became known to `out`.
+    fn feed(&mut self, chunk: &Bytes, out: &mut Vec<Extent>) -> Result<(), DecodeError>;
+    /// The stream ended: push the remaining extents and check completeness.
+    fn finish(&mut self, out: &mut Vec<Extent>) -> Result<(), DecodeError>;
+    /// The virtual disk size, once known.
+    fn virtual_size(&self) -> Option<u64>;
+}
+
+/// The decoder that turns a stream of `format` into raw extents.
+pub fn decoder_for(format: Format, opts: &DecodeOptions) -> Result<Box<dyn Decoder>, DecodeError> {
+    match format {
+        Format::Raw | Format::Iso => Ok(Box::new(RawDecoder::new(opts.detect_zeroes))),
+        other => Err(DecodeError::Unsupported {
+            format: other,
+            message: format!("no decoder to raw for {other} images"),
+        }),
+    }
+}
