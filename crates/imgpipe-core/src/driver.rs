@@ -479,13 +479,13 @@ impl Pipeline {
 
         let result = match shared.failures.take_first() {
             Some(err) => {
-                if let Some(s) = sink {
-                    if let Err(abort_err) = s.abort().await {
-                        // The original failure stays the reason; the abort failure is added.
-                        findings.push(Finding::Warning {
-                            message: format!("cleaning up the sink failed too: {abort_err}"),
-                        });
-                    }
+                // The original failure stays the reason; an abort failure is added to it.
+                if let Some(s) = sink
+                    && let Err(abort_err) = s.abort().await
+                {
+                    findings.push(Finding::Warning {
+                        message: format!("cleaning up the sink failed too: {abort_err}"),
+                    });
                 }
                 Err(err)
             }
