@@ -1,1 +1,1165 @@
-//! imgpipe-spec (being written).
+//! Pipeline spec files for imgpipe.
+//!
+//! A spec describes one run, stage by stage: `[source]`, `[inspect]`, `[verify]`, `[convert]`,
+//! `[encrypt]`, `[sink]`, `[cache]`. It is written in TOML (primary) or JSON with the same
+//! schema. Parsing validates everything at once: unknown keys, wrong types, bad values and
+//! conflicting choices are all reported together, each with its key path and line.
+//!
+//! ```
+//! let spec = imgpipe_spec::Spec::from_toml(r#"
+//!     [source]
+//!     path = "image.qcow2"
+//!     [verify]
+//!     sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+//!     [sink]
+//!     path = "disk.raw"
+//! "#, std::path::Path::new("/srv")).unwrap();
+//! assert_eq!(spec.verify.digests.len(), 1);
+//! ```
+//!
+//! The types are plain data with public fields, so a driver can also build a [`Spec`] in Rust
+//! without any file.
+
+mod read;
+mod tree;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imgpipe_crypto::hash::Algorithm;
+use imgpipe_format::Format;
+
+use read::{Problems, Table};
+pub use read::{parse_duration, parse_size};
+
+/// One problem found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path (`verify.sha512`, `sink`), empty for the document.
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong, the value seen and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "line {}: {}", self.line, self.message)
+        } else {
+            write!(f, "line {}: {}: {}", self.line, self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    /// Where the spec came from (a path, or `-`).
+    pub origin: String,
+    /// The problems, in document order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "invalid spec {}: {n} problem{}",
+            self.origin,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the image bytes come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSpec {
+    /// A local file.
+    File(PathBuf),
+    /// Standard input.
+    Stdin,
+    /// An HTTP(S) URL.
+    Http {
+        /// The URL.
+        url: String,
+        /// Extra request headers (e.g. `X-Auth-Token`).
+        headers: Vec<(String, String)>,
+    },
+    /// A Glance image.
+    Glance(GlanceSpec),
+}
+
+/// A Glance Images API v2 source.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GlanceSpec {
+    /// Image endpoint (`http://127.0.0.1:9292`); from the Keystone catalog when absent.
+    pub endpoint: Option<String>,
+    /// Image id.
+    pub image_id: String,
+    /// Environment variable holding a token.
+    pub token_env: Option<String>,
+    /// Keystone v3 password authentication.
+    pub keystone: Option<KeystoneSpec>,
+}
+
+/// Keystone v3 password authentication settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeystoneSpec {
+    /// `auth_url`, e.g. `http://127.0.0.1:5000/v3`.
+    pub auth_url: String,
+    /// User name.
+    pub username: String,
+    /// Environment variable holding the password.
+    pub password_env: String,
+    /// Project name.
+    pub project_name: String,
+    /// User domain name (default `Default`).
+    pub user_domain_name: String,
+    /// Project domain name (default `Default`).
+    pub project_domain_name: String,
+}
+
+/// Retry behaviour of network sources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySpec {
+    /// Attempts per request (connect errors, 5xx, dropped connections), at least 1.
+    pub attempts: u32,
+    /// A transfer that delivers no byte for this long is treated as dropped.
+    pub stall_timeout: Duration,
+    /// First backoff delay; doubles each retry up to 10 s.
+    pub backoff: Duration,
+}
+
+impl Default for RetrySpec {
+    fn default() -> Self {
+        RetrySpec {
+            attempts: 5,
+            stall_timeout: Duration::from_secs(60),
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Format inspection and policy.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InspectSpec {
+    /// Declared format (Glance `disk_format`); the detected format must match.
+    pub disk_format: Option<Format>,
+    /// Formats allowed at all (default: raw, qcow2, vmdk, vhd, vhdx, vdi, iso).
+    pub allowed_formats: Option<Vec<Format>>,
+    /// Largest acceptable virtual size in bytes (default 64 TiB).
+    pub max_virtual_size: Option<u64>,
+}
+
+/// Signature verification settings.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SignatureSpec {
+    /// `img_signature` (base64).
+    pub signature: String,
+    /// `img_signature_hash_method` (`SHA-256`, …).
+    pub hash_method: String,
+    /// `img_signature_key_type` (`RSA-PSS`, …).
+    pub key_type: String,
+    /// Signing certificate file (PEM or DER).
+    pub certificate: Option<PathBuf>,
+    /// `img_signature_certificate_uuid`, fetched from Barbican.
+    pub certificate_uuid: Option<String>,
+    /// Barbican endpoint and token.
+    pub barbican: Option<BarbicanSpec>,
+    /// Trusted certificates (files or directories); enables chain validation.
+    pub trusted_certificates: Vec<PathBuf>,
+}
+
+/// Where to fetch certificates from.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BarbicanSpec {
+    /// Barbican endpoint, e.g. `http://127.0.0.1:9311`.
+    pub endpoint: String,
+    /// Environment variable holding the token (default `OS_AUTH_TOKEN`).
+    pub token_env: Option<String>,
+}
+
+/// Verification of the image bytes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VerifySpec {
+    /// Expected digests by algorithm (all must match).
+    pub digests: Vec<(Algorithm, String)>,
+    /// Exact expected byte count.
+    pub size: Option<u64>,
+    /// Glance `os_hash_algo`.
+    pub os_hash_algo: Option<String>,
+    /// Glance `os_hash_value`.
+    pub os_hash_value: Option<String>,
+    /// Glance `checksum` (MD5 hex).
+    pub checksum: Option<String>,
+    /// Use `checksum` when `os_hash_algo` is unknown.
+    pub allow_md5_fallback: bool,
+    /// Reject images with no expected digest at all (default true for Glance sources).
+    pub require_hash: Option<bool>,
+    /// Digests to compute and report without checking.
+    pub report: Vec<Algorithm>,
+    /// Signature verification.
+    pub signature: Option<SignatureSpec>,
+}
+
+/// What the disk receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvertFormat {
+    /// Decode to a raw disk (default when the sink is a disk).
+    #[default]
+    Raw,
+    /// Copy the image bytes unchanged.
+    Preserve,
+}
+
+/// Encryption output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncryptFormat {
+    /// Headerless dm-crypt plain mode.
+    Plain,
+    /// LUKS1.
+    Luks1,
+    /// LUKS2.
+    Luks2,
+}
+
+/// In-stream encryption.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncryptSpec {
+    /// Output format.
+    pub format: EncryptFormat,
+    /// Cipher spec (only `aes-xts-plain64`).
+    pub cipher: String,
+    /// Key size in bits (256 or 512).
+    pub key_size: u32,
+    /// Passphrase file (LUKS).
+    pub passphrase_file: Option<PathBuf>,
+    /// Raw key file (plain).
+    pub key_file: Option<PathBuf>,
+    /// Key as hex (plain), as Nova/Cinder derive it from the key manager.
+    pub key_hex_file: Option<PathBuf>,
+    /// Sector size (512 or 4096).
+    pub sector_size: u32,
+    /// PBKDF2 iterations for LUKS key slots (default: cryptsetup-like time-based when absent).
+    pub pbkdf_iterations: Option<u32>,
+    /// PBKDF kind for LUKS2 (`argon2id` or `pbkdf2`).
+    pub pbkdf: Option<String>,
+}
+
+/// How zero runs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroPolicy {
+    /// Skip them (target known to read zeros).
+    Skip,
+    /// Write them (zeros, or write-zeroes where supported).
+    Write,
+    /// Discard/punch them.
+    Discard,
+}
+
+/// Where the disk goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkTarget {
+    /// A file, published atomically by rename.
+    File(PathBuf),
+    /// A block device or existing LV.
+    Device(PathBuf),
+    /// A new LVM logical volume.
+    Lvm {
+        /// Volume group.
+        vg: String,
+        /// LV name.
+        name: String,
+        /// Size (default: the virtual size).
+        size: Option<u64>,
+    },
+    /// A Ceph RBD image.
+    Rbd {
+        /// Pool.
+        pool: String,
+        /// Image name.
+        image: String,
+        /// ceph.conf path.
+        conf: Option<PathBuf>,
+        /// Client id.
+        id: Option<String>,
+    },
+}
+
+/// The sink section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSpec {
+    /// The target.
+    pub target: SinkTarget,
+    /// Override of the automatic zero policy.
+    pub zeroes: Option<ZeroPolicy>,
+}
+
+/// The verified image cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSpec {
+    /// Cache directory.
+    pub dir: PathBuf,
+    /// Store the original bytes or the decoded raw disk.
+    pub raw: bool,
+    /// Total size bound.
+    pub max_size: Option<u64>,
+    /// Evict entries unused for longer than this.
+    pub max_age: Option<Duration>,
+}
+
+/// A complete, validated pipeline spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    /// Where the bytes come from.
+    pub source: SourceSpec,
+    /// Network retry behaviour.
+    pub retry: RetrySpec,
+    /// Inspection policy.
+    pub inspect: InspectSpec,
+    /// Digest, size and signature checks.
+    pub verify: VerifySpec,
+    /// Decode to raw, or preserve the image bytes.
+    pub convert: ConvertFormat,
+    /// Optional encryption.
+    pub encrypt: Option<EncryptSpec>,
+    /// Where the disk goes (none: verify-only).
+    pub sink: Option<SinkSpec>,
+    /// Optional cache.
+    pub cache: Option<CacheSpec>,
+}
+
+impl Spec {
+    /// A spec for `source` with every other section at its default.
+    pub fn new(source: SourceSpec) -> Self {
+        Spec {
+            source,
+            retry: RetrySpec::default(),
+            inspect: InspectSpec::default(),
+            verify: VerifySpec::default(),
+            convert: ConvertFormat::Raw,
+            encrypt: None,
+            sink: None,
+            cache: None,
+        }
+    }
+
+    /// Parse a TOML spec; relative paths are resolved against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Spec, SpecError> {
+        Self::parse(tree::from_toml(text), base)
+    }
+
+    /// Parse a JSON spec; relative paths are resolved against `base`.
+    pub fn from_json(text: &str, base: &Path) -> Result<Spec, SpecError> {
+        Self::parse(tree::from_json(text), base)
+    }
+
+    /// Parse TOML or JSON (JSON when the first non-blank character is `{`).
+    pub fn from_text(text: &str, base: &Path) -> Result<Spec, SpecError> {
+        if text.trim_start().starts_with('{') {
+            Self::from_json(text, base)
+        } else {
+            Self::from_toml(text, base)
+        }
+    }
+
+    /// Read and parse a spec file (`-` reads standard input); relative paths are resolved
+    /// against the file's directory (the current directory for stdin).
+    pub fn load(path: &Path) -> Result<Spec, SpecError> {
+        let origin = path.display().to_string();
+        let fail = |message: String| SpecError {
+            origin: origin.clone(),
+            problems: vec![Problem {
+                path: String::new(),
+                line: 0,
+                message,
+            }],
+        };
+        let (text, base) = if path == Path::new("-") {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| fail(format!("cannot read standard input: {e}")))?;
+            (s, std::env::current_dir().unwrap_or_default())
+        } else {
+            let s = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let base = if dir.as_os_str().is_empty() {
+                std::env::current_dir().unwrap_or_default()
+            } else {
+                dir
+            };
+            (s, base)
+        };
+        let r = if path.extension().is_some_and(|e| e == "json") {
+            Self::from_json(&text, &base)
+        } else {
+            Self::from_text(&text, &base)
+        };
+        r.map_err(|mut e| {
+            e.origin = origin;
+            e
+        })
+    }
+
+    fn parse(
+        tree: Result<tree::Node, Vec<tree::SyntaxError>>,
+        base: &Path,
+    ) -> Result<Spec, SpecError> {
+        let err = |problems| SpecError {
+            origin: "<spec>".into(),
+            problems,
+        };
+        let root = tree.map_err(|errs| {
+            err(errs
+                .into_iter()
+                .map(|e| Problem {
+                    path: String::new(),
+                    line: e.line,
+                    message: format!("syntax error: {}", e.message),
+                })
+                .collect())
+        })?;
+        let mut p = Problems::default();
+        let spec = Reader { base, p: &mut p }.spec(&root);
+        if p.0.is_empty() {
+            spec.ok_or_else(|| err(vec![]))
+        } else {
+            p.0.sort_by_key(|x| x.line);
+            Err(err(p.0))
+        }
+    }
+}
+
+struct Reader<'a> {
+    base: &'a Path,
+    p: &'a mut Problems,
+}
+
+const TOP: &[&str] = &[
+    "source", "inspect", "verify", "convert", "encrypt", "sink", "cache",
+];
+
+impl Reader<'_> {
+    fn path(&self, s: &str) -> PathBuf {
+        let p = Path::new(s);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn spec(&mut self, root: &tree::Node) -> Option<Spec> {
+        let mut t = Table::root(root, self.p)?;
+        let (source, retry) = match t.table("source", self.p) {
+            Some(s) => self.source(s),
+            None => {
+                if !t.has("source") {
+                    self.p.add(
+                        "source",
+                        1,
+                        "missing [source]: give path, url or [source.glance]",
+                    );
+                }
+                (None, RetrySpec::default())
+            }
+        };
+        let inspect = t
+            .table("inspect", self.p)
+            .map(|s| self.inspect(s))
+            .unwrap_or_default();
+        let verify = t
+            .table("verify", self.p)
+            .map(|s| self.verify(s))
+            .unwrap_or_default();
+        let convert = t
+            .table("convert", self.p)
+            .and_then(|s| self.convert(s))
+            .unwrap_or_default();
+        let encrypt = t.table("encrypt", self.p).and_then(|s| self.encrypt(s));
+        let sink = t.table("sink", self.p).and_then(|s| self.sink(s));
+        let cache = t.table("cache", self.p).and_then(|s| self.cache(s));
+        if encrypt.is_some() && sink.is_none() {
+            self.p.add(
+                "encrypt",
+                t.line_of("encrypt"),
+                "[encrypt] needs a [sink] to write to",
+            );
+        }
+        if encrypt.is_some() && convert == ConvertFormat::Preserve {
+            self.p.add(
+                "convert.format",
+                t.line_of("convert"),
+                "format = \"preserve\" cannot be combined with [encrypt] (encryption works on the decoded raw disk)",
+            );
+        }
+        t.finish(self.p, TOP);
+        Some(Spec {
+            source: source?,
+            retry,
+            inspect,
+            verify,
+            convert,
+            encrypt,
+            sink,
+            cache,
+        })
+    }
+
+    fn source(&mut self, mut t: Table<'_>) -> (Option<SourceSpec>, RetrySpec) {
+        let p = &mut *self.p;
+        let path = t.string("path", p);
+        let url = t.string("url", p);
+        let headers = t.string_map("headers", p);
+        let glance = t.table("glance", p);
+        let retry = t
+            .table("retry", p)
+            .map(|r| self.retry(r))
+            .unwrap_or_default();
+        let p = &mut *self.p;
+        let count = [path.is_some(), url.is_some(), glance.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if count != 1 {
+            p.add(
+                "source",
+                t.line,
+                format!("exactly one of path, url or [source.glance] is needed, found {count}"),
+            );
+        }
+        if headers.is_some() && url.is_none() {
+            p.add(
+                &t.path("headers"),
+                t.line_of("headers"),
+                "headers are only used with url",
+            );
+        }
+        let src = if let Some(g) = glance {
+            self.glance(g).map(SourceSpec::Glance)
+        } else if let Some(u) = url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.p.add(
+                    &t.path("url"),
+                    t.line_of("url"),
+                    format!("url must start with http:// or https://, found {u:?}"),
+                );
+            }
+            Some(SourceSpec::Http {
+                url: u,
+                headers: headers.unwrap_or_default(),
+            })
+        } else {
+            path.map(|s| {
+                if s == "-" {
+                    SourceSpec::Stdin
+                } else {
+                    SourceSpec::File(self.path(&s))
+                }
+            })
+        };
+        t.finish(self.p, &["path", "url", "headers", "glance", "retry"]);
+        (src, retry)
+    }
+
+    fn retry(&mut self, mut t: Table<'_>) -> RetrySpec {
+        let p = &mut *self.p;
+        let mut r = RetrySpec::default();
+        if let Some(a) = t.uint("attempts", p) {
+            if a == 0 || a > 1000 {
+                p.add(
+                    &t.path("attempts"),
+                    t.line_of("attempts"),
+                    format!("attempts must be 1..=1000, found {a}"),
+                );
+            } else {
+                r.attempts = a as u32;
+            }
+        }
+        if let Some(d) = t.duration("stall_timeout", p) {
+            r.stall_timeout = d;
+        }
+        if let Some(d) = t.duration("backoff", p) {
+            r.backoff = d;
+        }
+        t.finish(p, &["attempts", "stall_timeout", "backoff"]);
+        r
+    }
+
+    fn glance(&mut self, mut t: Table<'_>) -> Option<GlanceSpec> {
+        let p = &mut *self.p;
+        let endpoint = t.string("endpoint", p);
+        let image_id = t.string("image_id", p);
+        let token_env = t.string("token_env", p);
+        let keystone = t.table("keystone", p).and_then(|mut k| {
+            let mut s = KeystoneSpec {
+                user_domain_name: "Default".into(),
+                project_domain_name: "Default".into(),
+                ..Default::default()
+            };
+            for (key, slot) in [
+                ("auth_url", &mut s.auth_url),
+                ("username", &mut s.username),
+                ("password_env", &mut s.password_env),
+                ("project_name", &mut s.project_name),
+            ] {
+                match k.string(key, p) {
+                    Some(v) => *slot = v,
+                    None => p.add(&k.path(key), k.line, format!("missing {key}")),
+                }
+            }
+            if let Some(v) = k.string("user_domain_name", p) {
+                s.user_domain_name = v;
+            }
+            if let Some(v) = k.string("project_domain_name", p) {
+                s.project_domain_name = v;
+            }
+            k.finish(
+                p,
+                &[
+                    "auth_url",
+                    "username",
+                    "password_env",
+                    "project_name",
+                    "user_domain_name",
+                    "project_domain_name",
+                ],
+            );
+            Some(s)
+        });
+        if image_id.is_none() {
+            p.add(&t.path("image_id"), t.line, "missing image_id");
+        }
+        if endpoint.is_none() && keystone.is_none() {
+            p.add(
+                &t.path("endpoint"),
+                t.line,
+                "give endpoint, or keystone to look it up in the catalog",
+            );
+        }
+        t.finish(p, &["endpoint", "image_id", "token_env", "keystone"]);
+        Some(GlanceSpec {
+            endpoint,
+            image_id: image_id?,
+            token_env,
+            keystone,
+        })
+    }
+
+    fn format(&mut self, path: &str, line: usize, s: &str) -> Option<Format> {
+        match s.parse::<Format>() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                self.p.add(path, line, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn inspect(&mut self, mut t: Table<'_>) -> InspectSpec {
+        let mut s = InspectSpec::default();
+        if let Some(f) = t.string("disk_format", self.p) {
+            s.disk_format = self.format(&t.path("disk_format"), t.line_of("disk_format"), &f);
+        }
+        if let Some(list) = t.strings("allowed_formats", self.p) {
+            let (path, line) = (t.path("allowed_formats"), t.line_of("allowed_formats"));
+            s.allowed_formats = Some(
+                list.iter()
+                    .filter_map(|f| self.format(&path, line, f))
+                    .collect(),
+            );
+        }
+        s.max_virtual_size = t.size("max_virtual_size", self.p);
+        t.finish(
+            self.p,
+            &["disk_format", "allowed_formats", "max_virtual_size"],
+        );
+        s
+    }
+
+    fn hex_field(&mut self, t: &mut Table<'_>, key: &str, len: Option<usize>) -> Option<String> {
+        let v = t.string(key, self.p)?;
+        let v = v.trim().to_ascii_lowercase();
+        let ok = !v.is_empty()
+            && v.bytes().all(|b| b.is_ascii_hexdigit())
+            && len.is_none_or(|l| v.len() == l);
+        if !ok {
+            let want = len.map_or("hex digits".to_string(), |l| format!("{l} hex digits"));
+            self.p.add(
+                &t.path(key),
+                t.line_of(key),
+                format!("expected {want}, found {v:?} ({} characters)", v.len()),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn verify(&mut self, mut t: Table<'_>) -> VerifySpec {
+        let mut v = VerifySpec::default();
+        for algo in Algorithm::ALL {
+            if let Some(h) = self.hex_field(&mut t, algo.name(), Some(algo.output_len() * 2)) {
+                v.digests.push((algo, h));
+            }
+        }
+        v.size = t.size("size", self.p);
+        v.os_hash_algo = t.string("os_hash_algo", self.p);
+        v.os_hash_value = self.hex_field(&mut t, "os_hash_value", None);
+        v.checksum = self.hex_field(&mut t, "checksum", Some(32));
+        v.allow_md5_fallback = t.boolean("allow_md5_fallback", self.p).unwrap_or(false);
+        v.require_hash = t.boolean("require_hash", self.p);
+        if v.os_hash_value.is_some() != v.os_hash_algo.is_some() {
+            self.p.add(
+                &t.path("os_hash_algo"),
+                t.line,
+                "os_hash_algo and os_hash_value go together",
+            );
+        }
+        if let Some(list) = t.strings("report", self.p) {
+            for a in list {
+                match a.parse::<Algorithm>() {
+                    Ok(x) => v.report.push(x),
+                    Err(e) => self
+                        .p
+                        .add(&t.path("report"), t.line_of("report"), e.to_string()),
+                }
+            }
+        }
+        v.signature = t.table("signature", self.p).and_then(|s| self.signature(s));
+        let mut allowed: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        allowed.extend([
+            "size",
+            "os_hash_algo",
+            "os_hash_value",
+            "checksum",
+            "allow_md5_fallback",
+            "require_hash",
+            "report",
+            "signature",
+        ]);
+        t.finish(self.p, &allowed);
+        v
+    }
+
+    fn signature(&mut self, mut t: Table<'_>) -> Option<SignatureSpec> {
+        let p = &mut *self.p;
+        let mut s = SignatureSpec::default();
+        for (key, slot) in [
+            ("signature", &mut s.signature),
+            ("hash_method", &mut s.hash_method),
+            ("key_type", &mut s.key_type),
+        ] {
+            match t.string(key, p) {
+                Some(v) => *slot = v,
+                None => p.add(&t.path(key), t.line, format!("missing {key}")),
+            }
+        }
+        let cert = t.string("certificate", p);
+        s.certificate_uuid = t.string("certificate_uuid", p);
+        s.barbican = t.table("barbican", p).and_then(|mut b| {
+            let endpoint = b.string("endpoint", p);
+            if endpoint.is_none() {
+                p.add(&b.path("endpoint"), b.line, "missing endpoint");
+            }
+            let token_env = b.string("token_env", p);
+            b.finish(p, &["endpoint", "token_env"]);
+            Some(BarbicanSpec {
+                endpoint: endpoint?,
+                token_env,
+            })
+        });
+        let trusted = t.strings("trusted_certificates", p).unwrap_or_default();
+        if cert.is_some() == s.certificate_uuid.is_some() {
+            p.add(
+                &t.path("certificate"),
+                t.line,
+                "give exactly one of certificate or certificate_uuid",
+            );
+        }
+        if s.certificate_uuid.is_some() && s.barbican.is_none() {
+            p.add(
+                &t.path("barbican"),
+                t.line,
+                "certificate_uuid needs [verify.signature.barbican] endpoint",
+            );
+        }
+        t.finish(
+            p,
+            &[
+                "signature",
+                "hash_method",
+                "key_type",
+                "certificate",
+                "certificate_uuid",
+                "barbican",
+                "trusted_certificates",
+            ],
+        );
+        s.certificate = cert.map(|c| self.path(&c));
+        s.trusted_certificates = trusted.iter().map(|c| self.path(c)).collect();
+        Some(s)
+    }
+
+    fn convert(&mut self, mut t: Table<'_>) -> Option<ConvertFormat> {
+        let f = t.string("format", self.p);
+        let r = match f.as_deref() {
+            None | Some("raw") => Some(ConvertFormat::Raw),
+            Some("preserve") => Some(ConvertFormat::Preserve),
+            Some(other) => {
+                self.p.add(
+                    &t.path("format"),
+                    t.line_of("format"),
+                    format!("expected \"raw\" or \"preserve\", found {other:?}"),
+                );
+                None
+            }
+        };
+        t.finish(self.p, &["format"]);
+        r
+    }
+
+    fn encrypt(&mut self, mut t: Table<'_>) -> Option<EncryptSpec> {
+        let p = &mut *self.p;
+        let format = match t.string("format", p).as_deref() {
+            Some("plain") => Some(EncryptFormat::Plain),
+            Some("luks1") => Some(EncryptFormat::Luks1),
+            Some("luks2") => Some(EncryptFormat::Luks2),
+            Some(other) => {
+                p.add(
+                    &t.path("format"),
+                    t.line_of("format"),
+                    format!("expected plain, luks1 or luks2, found {other:?}"),
+                );
+                None
+            }
+            None => {
+                p.add(
+                    &t.path("format"),
+                    t.line,
+                    "missing format (plain, luks1 or luks2)",
+                );
+                None
+            }
+        };
+        let cipher = t
+            .string("cipher", p)
+            .unwrap_or_else(|| "aes-xts-plain64".into());
+        if cipher != "aes-xts-plain64" {
+            p.add(
+                &t.path("cipher"),
+                t.line_of("cipher"),
+                format!("only aes-xts-plain64 is supported, found {cipher:?}"),
+            );
+        }
+        let key_size = t.uint("key_size", p).unwrap_or(512);
+        if key_size != 256 && key_size != 512 {
+            p.add(
+                &t.path("key_size"),
+                t.line_of("key_size"),
+                format!("key_size must be 256 or 512 (bits), found {key_size}"),
+            );
+        }
+        let sector_size = t.uint("sector_size", p).unwrap_or(512);
+        if sector_size != 512 && sector_size != 4096 {
+            p.add(
+                &t.path("sector_size"),
+                t.line_of("sector_size"),
+                format!("sector_size must be 512 or 4096, found {sector_size}"),
+            );
+        }
+        let passphrase_file = t.string("passphrase_file", p);
+        let key_file = t.string("key_file", p);
+        let key_hex_file = t.string("key_hex_file", p);
+        let pbkdf_iterations = t.uint("pbkdf_iterations", p);
+        let pbkdf = t.string("pbkdf", p);
+        if let Some(k) = &pbkdf
+            && k != "pbkdf2"
+            && k != "argon2id"
+        {
+            p.add(
+                &t.path("pbkdf"),
+                t.line_of("pbkdf"),
+                format!("pbkdf must be pbkdf2 or argon2id, found {k:?}"),
+            );
+        }
+        match format {
+            Some(EncryptFormat::Plain) => {
+                if key_file.is_some() == key_hex_file.is_some() {
+                    p.add(
+                        &t.path("key_file"),
+                        t.line,
+                        "plain encryption needs exactly one of key_file or key_hex_file",
+                    );
+                }
+                if passphrase_file.is_some() {
+                    p.add(
+                        &t.path("passphrase_file"),
+                        t.line_of("passphrase_file"),
+                        "plain mode has no passphrase; use key_file",
+                    );
+                }
+            }
+            Some(_) => {
+                if passphrase_file.is_none() {
+                    p.add(
+                        &t.path("passphrase_file"),
+                        t.line,
+                        "LUKS needs passphrase_file",
+                    );
+                }
+            }
+            None => {}
+        }
+        t.finish(
+            p,
+            &[
+                "format",
+                "cipher",
+                "key_size",
+                "passphrase_file",
+                "key_file",
+                "key_hex_file",
+                "sector_size",
+                "pbkdf_iterations",
+                "pbkdf",
+            ],
+        );
+        Some(EncryptSpec {
+            format: format?,
+            cipher,
+            key_size: key_size as u32,
+            passphrase_file: passphrase_file.map(|f| self.path(&f)),
+            key_file: key_file.map(|f| self.path(&f)),
+            key_hex_file: key_hex_file.map(|f| self.path(&f)),
+            sector_size: sector_size as u32,
+            pbkdf_iterations: pbkdf_iterations.map(|i| i.min(u32::MAX as u64) as u32),
+            pbkdf,
+        })
+    }
+
+    fn sink(&mut self, mut t: Table<'_>) -> Option<SinkSpec> {
+        let p = &mut *self.p;
+        let path = t.string("path", p);
+        let device = t.string("device", p);
+        let lvm = t.table("lvm", p).and_then(|mut l| {
+            let vg = l.string("vg", p);
+            let name = l.string("name", p);
+            let size = l.size("size", p);
+            if vg.is_none() || name.is_none() {
+                p.add(&l.path("vg"), l.line, "lvm needs vg and name");
+            }
+            l.finish(p, &["vg", "name", "size"]);
+            Some(SinkTarget::Lvm {
+                vg: vg?,
+                name: name?,
+                size,
+            })
+        });
+        let rbd = t.table("rbd", p).and_then(|mut r| {
+            let pool = r.string("pool", p);
+            let image = r.string("image", p);
+            let conf = r.string("conf", p);
+            let id = r.string("id", p);
+            if pool.is_none() || image.is_none() {
+                p.add(&r.path("pool"), r.line, "rbd needs pool and image");
+            }
+            r.finish(p, &["pool", "image", "conf", "id"]);
+            Some((pool?, image?, conf, id))
+        });
+        let zeroes = match t.string("zeroes", p).as_deref() {
+            None => None,
+            Some("skip") => Some(ZeroPolicy::Skip),
+            Some("write") => Some(ZeroPolicy::Write),
+            Some("discard") => Some(ZeroPolicy::Discard),
+            Some(other) => {
+                p.add(
+                    &t.path("zeroes"),
+                    t.line_of("zeroes"),
+                    format!("expected skip, write or discard, found {other:?}"),
+                );
+                None
+            }
+        };
+        let n = [path.is_some(), device.is_some(), t.has("lvm"), t.has("rbd")]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n != 1 {
+            p.add(
+                "sink",
+                t.line,
+                format!("exactly one of path, device, lvm or rbd is needed, found {n}"),
+            );
+        }
+        t.finish(p, &["path", "device", "lvm", "rbd", "zeroes"]);
+        let target = if let Some(x) = path {
+            SinkTarget::File(self.path(&x))
+        } else if let Some(x) = device {
+            SinkTarget::Device(self.path(&x))
+        } else if let Some(l) = lvm {
+            l
+        } else {
+            let (pool, image, conf, id) = rbd?;
+            SinkTarget::Rbd {
+                pool,
+                image,
+                conf: conf.map(|c| self.path(&c)),
+                id,
+            }
+        };
+        Some(SinkSpec { target, zeroes })
+    }
+
+    fn cache(&mut self, mut t: Table<'_>) -> Option<CacheSpec> {
+        let p = &mut *self.p;
+        let dir = t.string("dir", p);
+        if dir.is_none() {
+            p.add(&t.path("dir"), t.line, "missing dir");
+        }
+        let raw = match t.string("mode", p).as_deref() {
+            None | Some("original") => false,
+            Some("raw") => true,
+            Some(other) => {
+                p.add(
+                    &t.path("mode"),
+                    t.line_of("mode"),
+                    format!("expected original or raw, found {other:?}"),
+                );
+                false
+            }
+        };
+        let max_size = t.size("max_size", p);
+        let max_age = t.duration("max_age", p);
+        t.finish(p, &["dir", "mode", "max_size", "max_age"]);
+        Some(CacheSpec {
+            dir: self.path(&dir?),
+            raw,
+            max_size,
+            max_age,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> &'static Path {
+        Path::new("/base")
+    }
+
+    #[test]
+    fn the_public_contract_parses() {
+        let s = Spec::from_toml(
+            r#"
+[source]
+path = "image.qcow2"
+[inspect]
+disk_format = "qcow2"
+allowed_formats = ["raw", "qcow2"]
+[verify]
+sha512 = "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e"
+size = 1234567
+[convert]
+format = "raw"
+[encrypt]
+format = "luks1"
+passphrase_file = "pass.txt"
+[sink]
+path = "disk.raw"
+"#,
+            base(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.source, SourceSpec::File("/base/image.qcow2".into()));
+        assert_eq!(s.inspect.disk_format, Some(Format::Qcow2));
+        assert_eq!(s.verify.digests[0].0, Algorithm::Sha512);
+        assert_eq!(s.verify.size, Some(1_234_567));
+        assert_eq!(
+            s.encrypt.as_ref().map(|e| e.format),
+            Some(EncryptFormat::Luks1)
+        );
+        assert_eq!(s.encrypt.as_ref().map(|e| e.key_size), Some(512));
+        assert_eq!(
+            s.sink.map(|k| k.target),
+            Some(SinkTarget::File("/base/disk.raw".into()))
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_path_and_line() {
+        let e = Spec::from_toml(
+            "[source]\npath = \"a\"\nurl = \"ftp://x\"\n[verify]\nsha256 = \"abc\"\nsize = -1\nbogus = 1\n[sinkk]\npath = \"x\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let msgs: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+        let all = msgs.join("\n");
+        assert!(
+            all.contains("line 1: source: exactly one of path, url"),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 3: source.url: url must start with http"),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 5: verify.sha256: expected 64 hex digits"),
+            "{all}"
+        );
+        assert!(all.contains("line 6: verify.size"), "{all}");
+        assert!(all.contains("line 7: verify.bogus: unknown key"), "{all}");
+        assert!(all.contains("line 8: sinkk: unknown key"), "{all}");
+        assert_eq!(e.problems.len(), 6, "{all}");
+    }
+
+    #[test]
+    fn json_has_the_same_schema() {
+        let s = Spec::from_json(
+            r#"{"source": {"url": "http://127.0.0.1:1/x", "headers": {"X-Auth-Token": "t"}},
+                "verify": {"md5": "d41d8cd98f00b204e9800998ecf8427e"},
+                "sink": {"path": "/out/disk.raw", "zeroes": "write"}}"#,
+            base(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            s.source,
+            SourceSpec::Http {
+                url: "http://127.0.0.1:1/x".into(),
+                headers: vec![("X-Auth-Token".into(), "t".into())]
+            }
+        );
+        assert_eq!(s.sink.and_then(|k| k.zeroes), Some(ZeroPolicy::Write));
+        let e = Spec::from_json(
+            "{\"source\": {\"path\": \"a\"},\n \"verify\": {\"sha1\": 5}}",
+            base(),
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].line, 2);
+        assert_eq!(e.problems[0].path, "verify.sha1");
+    }
+
+    #[test]
+    fn conflicting_sections() {
+        let e = Spec::from_toml(
+            "[source]\npath=\"a\"\n[encrypt]\nformat=\"plain\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("needs a [sink]"), "{all}");
+        assert!(
+            all.contains("exactly one of key_file or key_hex_file"),
+            "{all}"
+        );
+    }
+}

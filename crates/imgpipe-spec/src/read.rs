@@ -1,0 +1,333 @@
+//! Typed reading of a [`Node`] tree that collects every problem instead of stopping at the first.
+
+use std::time::Duration;
+
+use crate::Problem;
+use crate::tree::{Node, Val};
+
+/// Collects problems while reading.
+#[derive(Default)]
+pub(crate) struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    pub fn add(&mut self, path: &str, line: usize, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.to_string(),
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// A table being read: tracks which keys were used so unknown keys can be reported.
+pub(crate) struct Table<'a> {
+    path: String,
+    entries: &'a [(String, usize, Node)],
+    used: Vec<bool>,
+    pub line: usize,
+}
+
+impl<'a> Table<'a> {
+    pub fn root(node: &'a Node, p: &mut Problems) -> Option<Self> {
+        Self::from_node(String::new(), node, p)
+    }
+
+    fn from_node(path: String, node: &'a Node, p: &mut Problems) -> Option<Self> {
+        match &node.val {
+            Val::Table(entries) => Some(Table {
+                path,
+                entries,
+                used: vec![false; entries.len()],
+                line: node.line,
+            }),
+            other => {
+                p.add(
+                    &path,
+                    node.line,
+                    format!("expected a table, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.entries.iter().any(|(k, _, _)| k == key)
+    }
+
+    pub fn get(&mut self, key: &str) -> Option<&'a Node> {
+        let i = self.entries.iter().position(|(k, _, _)| k == key)?;
+        self.used[i] = true;
+        Some(&self.entries[i].2)
+    }
+
+    pub fn line_of(&self, key: &str) -> usize {
+        self.entries
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map_or(self.line, |(_, l, _)| *l)
+    }
+
+    pub fn table(&mut self, key: &str, p: &mut Problems) -> Option<Table<'a>> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        Table::from_node(path, n, p)
+    }
+
+    pub fn string(&mut self, key: &str, p: &mut Problems) -> Option<String> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Str(s) => Some(s.clone()),
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!("expected a string, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn boolean(&mut self, key: &str, p: &mut Problems) -> Option<bool> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Bool(b) => Some(*b),
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!("expected true or false, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn uint(&mut self, key: &str, p: &mut Problems) -> Option<u64> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Int(i) if *i >= 0 => Some(*i as u64),
+            Val::Int(i) => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!("expected a non-negative integer, found {i}"),
+                );
+                None
+            }
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!("expected an integer, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A byte size: an integer, or a string like "20GiB", "512M", "4096".
+    pub fn size(&mut self, key: &str, p: &mut Problems) -> Option<u64> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Int(i) if *i >= 0 => Some(*i as u64),
+            Val::Str(s) => match parse_size(s) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    p.add(&path, n.line, e);
+                    None
+                }
+            },
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!(
+                        "expected a size (bytes, or a string like \"20GiB\"), found {}",
+                        other.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A duration: integer seconds, or a string like "60s", "500ms", "24h".
+    pub fn duration(&mut self, key: &str, p: &mut Problems) -> Option<Duration> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Int(i) if *i >= 0 => Some(Duration::from_secs(*i as u64)),
+            Val::Str(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    p.add(&path, n.line, e);
+                    None
+                }
+            },
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!(
+                        "expected a duration (seconds, or a string like \"60s\"), found {}",
+                        other.type_name()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub fn strings(&mut self, key: &str, p: &mut Problems) -> Option<Vec<String>> {
+        let path = self.path(key);
+        let n = self.get(key)?;
+        match &n.val {
+            Val::Arr(items) => {
+                let mut out = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    match &it.val {
+                        Val::Str(s) => out.push(s.clone()),
+                        other => p.add(
+                            &format!("{path}[{i}]"),
+                            it.line,
+                            format!("expected a string, found {}", other.type_name()),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                p.add(
+                    &path,
+                    n.line,
+                    format!("expected an array of strings, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A table of string → string.
+    pub fn string_map(&mut self, key: &str, p: &mut Problems) -> Option<Vec<(String, String)>> {
+        let mut t = self.table(key, p)?;
+        let mut out = Vec::new();
+        let keys: Vec<String> = t.entries.iter().map(|(k, _, _)| k.clone()).collect();
+        for k in keys {
+            if let Some(v) = t.string(&k, p) {
+                out.push((k, v));
+            }
+        }
+        Some(out)
+    }
+
+    /// Report every key that was never read.
+    pub fn finish(self, p: &mut Problems, allowed: &[&str]) {
+        for ((k, line, _), used) in self.entries.iter().zip(&self.used) {
+            if !used {
+                let mut msg = format!("unknown key {k:?}");
+                if !allowed.is_empty() {
+                    msg.push_str(&format!(" (allowed here: {})", allowed.join(", ")));
+                }
+                p.add(&self.path(k), *line, msg);
+            }
+        }
+    }
+}
+
+/// Parse a byte size: "4096", "512K", "20GiB", "1.5G" (K/M/G/T and KiB/MiB/GiB/TiB are binary,
+/// KB/MB/GB/TB decimal).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "p" | "pib" => 1 << 50,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size {s:?}: unknown unit {other:?} (use B, KiB, MiB, GiB, TiB or KB, MB, GB, TB)"
+            ));
+        }
+    };
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid size {s:?}: expected a number followed by an optional unit")
+    })?;
+    let bytes = value * mult as f64;
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(format!("invalid size {s:?}: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parse a duration: "60s", "500ms", "5m", "24h", "2d", or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number followed by ms, s, m, h or d")
+    })?;
+    let secs = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        other => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {s:?}: out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("1.5 MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_duration("soon").is_err());
+    }
+}
