@@ -1,1 +1,0 @@
-//! Image-signature and certificate verification (owned by the signature work, issue 4). Placeholder until it lands.
