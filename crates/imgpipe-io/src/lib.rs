@@ -1,1 +1,21 @@
-//! imgpipe-io (being written).
+//! Sources and sinks for imgpipe: the only crate that touches files, devices and the network.
+//!
+//! - [`ReaderSource`]: a local file or standard input, read by a dedicated thread in large
+//!   chunks so reading overlaps with hashing.
+//! - [`HttpSource`]: HTTP(S) with custom headers, redirects, retries with backoff, a stall
+//!   timeout, `Content-Length` checking and resume with `Range` after a dropped connection.
+//! - [`FileSink`]: writes `NAME.part` beside the target, syncs, renames over the target and
+//!   syncs the directory; on abort the `.part` is removed and the target is untouched.
+
+pub mod barbican;
+mod file_sink;
+mod http;
+mod reader;
+
+pub use file_sink::{FileSink, FileZeroes};
+pub use http::{HttpOptions, HttpSource};
+pub use reader::ReaderSource;
+
+/// Default chunk size of sources: large enough that per-chunk overhead is noise, small enough
+/// that a few chunks in flight per stage keep memory low.
+pub const CHUNK_SIZE: usize = 1 << 20;

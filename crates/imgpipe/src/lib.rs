@@ -1,1 +1,37 @@
-//! imgpipe (being written).
+//! imgpipe turns a cloud VM image into an instance disk in one verified pass.
+//!
+//! This crate is the library a compute driver embeds: describe the run as a [`Spec`] (parsed
+//! from TOML/JSON, or built in Rust), then [`run`] it. Inspection, hashing, signature checks,
+//! decoding and encryption all happen in the same pass over the bytes, and the sink publishes
+//! only when every check passed.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use imgpipe::{run, Progress, Spec};
+//! use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
+//! use imgpipe::hash::Algorithm;
+//!
+//! # async fn demo() {
+//! let mut spec = Spec::new(SourceSpec::File("image.raw".into()));
+//! spec.verify.digests.push((Algorithm::Sha512, "cf83e135…".into()));
+//! spec.sink = Some(SinkSpec { target: SinkTarget::File("disk.raw".into()), zeroes: None });
+//! let report = run(&spec, Arc::new(Progress::default())).await;
+//! println!("{}", serde_json::to_string(&report).unwrap());
+//! # }
+//! ```
+
+mod build;
+mod disk;
+mod observers;
+mod report;
+
+pub use build::{build, hash_observers, open_source, run};
+pub use disk::ImageToDisk;
+pub use imgpipe_core as core;
+pub use imgpipe_core::{Error, ErrorKind, Progress, Result};
+pub use imgpipe_crypto::hash;
+pub use imgpipe_format as format;
+pub use imgpipe_spec as spec;
+pub use imgpipe_spec::Spec;
+pub use observers::{HashObserver, SizeObserver};
+pub use report::{RunReport, StageReport, Status};

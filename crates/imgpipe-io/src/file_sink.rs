@@ -1,0 +1,221 @@
+//! Atomic file sink: `NAME.part` → fsync → rename → fsync directory.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use imgpipe_core::{DiskExtent, DiskInfo, Error, ErrorKind, Result, Sink, SinkReport};
+
+/// Start write-back of this much dirty data at a time, so the final fsync has little left to do.
+const WRITE_BEHIND: u64 = 32 << 20;
+/// Largest zero buffer written at once when zeros must be written.
+const ZERO_BUF: usize = 1 << 20;
+
+/// How the file sink treats zero runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileZeroes {
+    /// Leave holes (the `.part` file is new, so holes read as zeros).
+    Skip,
+    /// Write zeros explicitly (fully allocated output).
+    Write,
+}
+
+/// Writes a disk image to a new file published atomically at `target`.
+pub struct FileSink {
+    target: PathBuf,
+    part: PathBuf,
+    file: Option<Arc<File>>,
+    zeroes: FileZeroes,
+    end: u64,
+    report: SinkReport,
+    flushed_to: u64,
+    written_since_flush: u64,
+}
+
+impl FileSink {
+    /// A sink for `target`. Nothing is created until the first write.
+    pub fn new(target: &Path, zeroes: FileZeroes) -> Result<Self> {
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::new(ErrorKind::Spec, format!("sink path {} has no file name", target.display())))?;
+        if target.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Spec,
+                format!("sink path {} is a directory; give a file name", target.display()),
+            ));
+        }
+        let mut part_name = name.to_os_string();
+        part_name.push(".part");
+        let part = target.with_file_name(part_name);
+        Ok(FileSink {
+            target: target.to_path_buf(),
+            part,
+            file: None,
+            zeroes,
+            end: 0,
+            report: SinkReport {
+                target: target.display().to_string(),
+                zero_policy: match zeroes {
+                    FileZeroes::Skip => "skip".into(),
+                    FileZeroes::Write => "write".into(),
+                },
+                ..Default::default()
+            },
+            flushed_to: 0,
+            written_since_flush: 0,
+        })
+    }
+
+    /// The temporary path written before publishing.
+    pub fn part_path(&self) -> &Path {
+        &self.part
+    }
+
+    fn open(&mut self) -> Result<Arc<File>> {
+        if let Some(f) = &self.file {
+            return Ok(f.clone());
+        }
+        // A leftover .part from a crashed run is ours to replace.
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.part)
+            .map_err(|e| Error::io(format!("cannot create {}", self.part.display()), e))?;
+        let f = Arc::new(f);
+        self.file = Some(f.clone());
+        Ok(f)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+        what: String,
+    ) -> Result<T> {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::io(what, e)),
+            Err(e) => Err(Error::new(ErrorKind::Internal, format!("{what}: worker failed: {e}"))),
+        }
+    }
+
+    /// Ask the kernel to start writing back what we wrote so far (not waiting for it).
+    fn write_behind(file: &File, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        // SAFETY: sync_file_range only reads the arguments; the fd is open for the call's
+        // duration because `file` is borrowed. Failure only loses an optimisation.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                from as libc::off64_t,
+                (to - from) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for FileSink {
+    fn describe(&self) -> String {
+        self.target.display().to_string()
+    }
+
+    async fn begin(&mut self, info: &DiskInfo) -> Result<()> {
+        self.open()?;
+        if info.encrypted {
+            // Ciphertext of zeros is not zeros: the encryptor never emits Zero extents, but be
+            // explicit about what this sink would do with one.
+            self.zeroes = FileZeroes::Write;
+            self.report.zero_policy = "write".into();
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, extent: DiskExtent) -> Result<()> {
+        let file = self.open()?;
+        self.end = self.end.max(extent.end());
+        match extent {
+            DiskExtent::Data { offset, data } => {
+                let n = data.len() as u64;
+                let part = self.part.display().to_string();
+                Self::blocking(
+                    move || file.write_all_at(&data, offset),
+                    format!("writing {part} at byte {offset}"),
+                )
+                .await?;
+                self.report.bytes_written += n;
+                self.written_since_flush += n;
+            }
+            DiskExtent::Zero { offset, len } => match self.zeroes {
+                FileZeroes::Skip => self.report.zero_bytes_skipped += len,
+                FileZeroes::Write => {
+                    let part = self.part.display().to_string();
+                    Self::blocking(
+                        move || {
+                            let zeros = vec![0u8; ZERO_BUF.min(len as usize)];
+                            let mut pos = offset;
+                            while pos < offset + len {
+                                let n = (offset + len - pos).min(zeros.len() as u64) as usize;
+                                file.write_all_at(&zeros[..n], pos)?;
+                                pos += n as u64;
+                            }
+                            Ok(())
+                        },
+                        format!("writing zeros to {part} at byte {offset}"),
+                    )
+                    .await?;
+                    self.report.zero_bytes_written += len;
+                    self.written_since_flush += len;
+                }
+            },
+        }
+        if self.written_since_flush >= WRITE_BEHIND
+            && let Some(f) = &self.file
+        {
+            Self::write_behind(f, self.flushed_to, self.end);
+            self.flushed_to = self.end;
+            self.written_since_flush = 0;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
+        let file = self.open()?;
+        let (end, part, target) = (self.end, self.part.clone(), self.target.clone());
+        let what = format!("publishing {}", target.display());
+        let r = Self::blocking(
+            move || {
+                // Trailing zero runs were skipped: extend to the full size (reads as zeros).
+                file.set_len(end)?;
+                file.sync_all()?;
+                std::fs::rename(&part, &target)?;
+                let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                File::open(dir)?.sync_all()?;
+                Ok(())
+            },
+            what,
+        )
+        .await;
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&self.part);
+            return Err(e);
+        }
+        self.report.size = end;
+        Ok(self.report.clone())
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.file = None;
+        match std::fs::remove_file(&self.part) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("cannot remove {}", self.part.display()), e)),
+        }
+    }
+}
+
