@@ -13,13 +13,17 @@
 //! - Nothing an image names (backing file, external data file, extent file) is ever opened.
 //! - Errors name what was wrong and the value seen; after an error the decoder is not used again.
 
+mod engine;
+mod qcow2;
 mod raw;
+mod spill;
 
 use bytes::Bytes;
 
 use crate::Format;
 
 pub use raw::RawDecoder;
+pub use spill::{FileSpill, MemorySpill, SpillStore};
 
 /// Alignment, in bytes, of `Data` extent boundaries (except at the end of the disk).
 pub const ALIGN: u64 = 512;
@@ -102,10 +106,21 @@ pub enum DecodeError {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DecodeOptions {
-    /// Stream length in bytes, if known in advance.
+    /// Stream length in bytes, if known in advance (checked at the end; lets decoders reject
+    /// ranges past the end early).
     pub stream_len: Option<u64>,
     /// Detect all-zero blocks inside data and emit them as `Zero` extents.
     pub detect_zeroes: bool,
+    /// Most bytes the spill store may hold at once: image bytes that arrived before the table
+    /// that maps them (default 256 MiB, sized for [`MemorySpill`]; raise it when supplying a
+    /// [`FileSpill`]). Exceeding it is [`DecodeError::Limit`].
+    pub spill_limit: u64,
+    /// Most bytes of metadata a decoder holds at once: tables being collected, compressed
+    /// clusters being inflated, and bookkeeping for wanted ranges (default 512 MiB).
+    /// Exceeding it is [`DecodeError::Limit`].
+    pub metadata_limit: u64,
+    /// Largest virtual disk accepted (default 64 TiB). Larger is [`DecodeError::Limit`].
+    pub max_virtual_size: u64,
 }
 
 impl Default for DecodeOptions {
@@ -113,6 +128,9 @@ impl Default for DecodeOptions {
         DecodeOptions {
             stream_len: None,
             detect_zeroes: true,
+            spill_limit: 256 << 20,
+            metadata_limit: 512 << 20,
+            max_virtual_size: 64 << 40,
         }
     }
 }
@@ -127,10 +145,26 @@ pub trait Decoder: Send {
     fn virtual_size(&self) -> Option<u64>;
 }
 
-/// The decoder that turns a stream of `format` into raw extents.
+/// The decoder that turns a stream of `format` into raw extents, spilling to memory
+/// ([`MemorySpill`], bounded by `opts.spill_limit`).
 pub fn decoder_for(format: Format, opts: &DecodeOptions) -> Result<Box<dyn Decoder>, DecodeError> {
+    decoder_with_spill(format, opts, Box::new(MemorySpill::new()))
+}
+
+/// Like [`decoder_for`], with a caller-supplied spill store (e.g. a [`FileSpill`] on a temp
+/// file). The store is used only by table-driven formats, bounded by `opts.spill_limit`.
+pub fn decoder_with_spill(
+    format: Format,
+    opts: &DecodeOptions,
+    spill: Box<dyn SpillStore>,
+) -> Result<Box<dyn Decoder>, DecodeError> {
     match format {
         Format::Raw | Format::Iso => Ok(Box::new(RawDecoder::new(opts.detect_zeroes))),
+        Format::Qcow2 => Ok(Box::new(engine::Engine::new(
+            qcow2::Qcow2::new(opts),
+            opts,
+            spill,
+        ))),
         other => Err(DecodeError::Unsupported {
             format: other,
             message: format!("no decoder to raw for {other} images"),

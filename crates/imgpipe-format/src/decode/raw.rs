@@ -49,7 +49,7 @@ pub(crate) fn split_zeroes(offset: u64, data: Bytes, out: &mut Vec<Extent>) {
     } else {
         ZERO_BLOCK - misalign
     };
-    let mut push = |start: usize, end: usize, zero: bool, out: &mut Vec<Extent>| {
+    let push = |start: usize, end: usize, zero: bool, out: &mut Vec<Extent>| {
         if end > start {
             let off = offset + start as u64;
             if zero {
@@ -155,6 +155,7 @@ impl Decoder for RawDecoder {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -181,8 +182,8 @@ mod tests {
             covered[off..off + len].fill(true);
             match e {
                 Extent::Data { data, .. } => {
-                    assert!(off % ALIGN as usize == 0, "unaligned start {off}");
-                    assert!((off + len) % ALIGN as usize == 0 || off + len == size);
+                    assert!(off.is_multiple_of(ALIGN as usize), "unaligned start {off}");
+                    assert!((off + len).is_multiple_of(ALIGN as usize) || off + len == size);
                     disk[off..off + len].copy_from_slice(data);
                 }
                 Extent::Zero { .. } => disk[off..off + len].fill(0),
