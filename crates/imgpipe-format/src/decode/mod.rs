@@ -17,6 +17,7 @@ mod engine;
 mod qcow2;
 mod raw;
 mod spill;
+mod vmdk;
 
 use bytes::Bytes;
 
@@ -162,6 +163,11 @@ pub fn decoder_with_spill(
         Format::Raw | Format::Iso => Ok(Box::new(RawDecoder::new(opts.detect_zeroes))),
         Format::Qcow2 => Ok(Box::new(engine::Engine::new(
             qcow2::Qcow2::new(opts),
+            opts,
+            spill,
+        ))),
+        Format::Vmdk => Ok(Box::new(engine::Engine::new(
+            vmdk::Vmdk::new(opts),
             opts,
             spill,
         ))),
