@@ -17,6 +17,8 @@ mod engine;
 mod qcow2;
 mod raw;
 mod spill;
+mod vdi;
+mod vhd;
 mod vmdk;
 
 use bytes::Bytes;
@@ -168,6 +170,12 @@ pub fn decoder_with_spill(
         ))),
         Format::Vmdk => Ok(Box::new(engine::Engine::new(
             vmdk::Vmdk::new(opts),
+            opts,
+            spill,
+        ))),
+        Format::Vhd => Ok(Box::new(vhd::VhdDecoder::new(opts, spill))),
+        Format::Vdi => Ok(Box::new(engine::Engine::new(
+            vdi::Vdi::new(opts),
             opts,
             spill,
         ))),
