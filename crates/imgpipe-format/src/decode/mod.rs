@@ -19,6 +19,7 @@ mod raw;
 mod spill;
 mod vdi;
 mod vhd;
+mod vhdx;
 mod vmdk;
 
 use bytes::Bytes;
@@ -176,6 +177,11 @@ pub fn decoder_with_spill(
         Format::Vhd => Ok(Box::new(vhd::VhdDecoder::new(opts, spill))),
         Format::Vdi => Ok(Box::new(engine::Engine::new(
             vdi::Vdi::new(opts),
+            opts,
+            spill,
+        ))),
+        Format::Vhdx => Ok(Box::new(engine::Engine::new(
+            vhdx::Vhdx::new(opts),
             opts,
             spill,
         ))),
