@@ -614,6 +614,31 @@ pub fn build(dir: &Path) -> Option<Vec<Case>> {
         Format::Raw,
         None,
     ));
+    let boot = p("bootsector.raw");
+    {
+        let mut d = vec![0u8; 1 << 20];
+        d[0] = 0xEB; // a jump, as boot code starts
+        d[510] = 0x55;
+        d[511] = 0xAA;
+        std::fs::write(&boot, d).unwrap();
+    }
+    cases.push(
+        Case {
+            expect: Expect::Accept {
+                format: Format::Raw,
+                subformat: None,
+                partition: Some(PartitionTable::Mbr),
+            },
+            ..accept(
+                "raw boot sector without partitions",
+                boot,
+                "raw",
+                Format::Raw,
+                None,
+            )
+        }
+        .oslo("oslo-mbr-content"),
+    );
     if have_tool("sfdisk", "--version") {
         let mbr = p("mbr.raw");
         std::fs::write(&mbr, vec![0u8; 8 << 20]).unwrap();
@@ -1006,14 +1031,28 @@ pub fn build(dir: &Path) -> Option<Vec<Case>> {
         Format::Vmdk,
         "vmdk.create_type",
     ));
+    cases.push(reject(
+        "vmdk FLAT extent to /etc/passwd (CVE-2022-47951)",
+        vpatch("flat.vmdk", &|t| {
+            let start = t.find("RW ").unwrap();
+            let end = start + t[start..].find('\n').unwrap();
+            format!(
+                "{}RW 16384 FLAT \"/etc/passwd\" 0{}",
+                &t[..start],
+                &t[end..]
+            )
+        }),
+        Format::Vmdk,
+        "vmdk.extent_type",
+    ));
     cases.push(
         reject(
-            "vmdk FLAT extent to /etc/passwd (CVE-2022-47951)",
-            vpatch("flat.vmdk", &|t| {
+            "vmdk FLAT extent with a bare name",
+            vpatch("flat-bare.vmdk", &|t| {
                 let start = t.find("RW ").unwrap();
                 let end = start + t[start..].find('\n').unwrap();
                 format!(
-                    "{}RW 16384 FLAT \"/etc/passwd\" 0{}",
+                    "{}RW 16384 FLAT \"disk-flat.vmdk\" 0{}",
                     &t[..start],
                     &t[end..]
                 )
@@ -1082,15 +1121,12 @@ pub fn build(dir: &Path) -> Option<Vec<Case>> {
     ));
     let ds = copy(dir, &ms, "descsize.vmdk");
     patch(&ds, 36, &100_000u64.to_le_bytes());
-    cases.push(
-        reject(
-            "vmdk descriptor size",
-            ds,
-            Format::Vmdk,
-            "vmdk.descriptor_range",
-        )
-        .oslo("oslo-structure"),
-    );
+    cases.push(reject(
+        "vmdk descriptor size",
+        ds,
+        Format::Vmdk,
+        "vmdk.descriptor_range",
+    ));
     let cz = copy(dir, &ms, "cap0.vmdk");
     patch(&cz, 12, &0u64.to_le_bytes());
     cases.push(
@@ -1107,10 +1143,25 @@ pub fn build(dir: &Path) -> Option<Vec<Case>> {
         &s(&flat),
         "1M",
     ]);
+    cases.push(reject(
+        "vmdk text-only descriptor",
+        flat,
+        Format::Vmdk,
+        "vmdk.text_descriptor",
+    ));
+    // A text-only descriptor that claims monolithicSparse and names another file's extent.
+    let textsparse = p("text-sparse.vmdk");
+    std::fs::write(
+        &textsparse,
+        "# Disk DescriptorFile\nversion=1\nCID=12345678\nparentCID=ffffffff\n\
+         createType=\"monolithicSparse\"\n\n# Extent description\nRW 16384 SPARSE \"other.vmdk\"\n\n\
+         ddb.virtualHWVersion = \"4\"\n",
+    )
+    .unwrap();
     cases.push(
         reject(
-            "vmdk text-only descriptor",
-            flat,
+            "vmdk text-only monolithicSparse descriptor",
+            textsparse,
             Format::Vmdk,
             "vmdk.text_descriptor",
         )
@@ -1211,8 +1262,8 @@ pub fn build(dir: &Path) -> Option<Vec<Case>> {
         let path = p(name);
         qimg(&["create", "-q", "-f", fmt, &s(&path), "4M"]);
         let key = match f {
-            Format::Qed => None,
-            _ => Some("oslo-unknown-formats"),
+            Format::Parallels => Some("oslo-unknown-formats"),
+            _ => None,
         };
         let c = reject(&format!("{fmt} unsupported"), path, f, "format.unsupported");
         cases.push(Case {
