@@ -191,3 +191,103 @@ pub fn decoder_with_spill(
         }),
     }
 }
+
+/// Fuzzing entry point: the first byte selects the decoder, the second the chunk size; the
+/// rest is the image. Decodes with tight limits at two chunk sizes, and checks the extent
+/// contract (coverage exactly once, alignment) and chunking invariance (same verdict, same disk
+/// for small disks). Panics only on a contract violation.
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) {
+    const FORMATS: [Format; 6] = [
+        Format::Raw,
+        Format::Qcow2,
+        Format::Vmdk,
+        Format::Vhd,
+        Format::Vhdx,
+        Format::Vdi,
+    ];
+    const CHUNKS: [usize; 6] = [1, 7, 512, 4096, 65536, usize::MAX];
+    let (Some(&sel), Some(&ch)) = (data.first(), data.get(1)) else {
+        return;
+    };
+    let format = FORMATS[usize::from(sel) % FORMATS.len()];
+    let image = Bytes::copy_from_slice(&data[2..]);
+    let opts = DecodeOptions {
+        spill_limit: 32 << 20,
+        metadata_limit: 64 << 20,
+        max_virtual_size: 64 << 20,
+        ..DecodeOptions::default()
+    };
+    let run = |chunk: usize| -> Result<(Vec<Extent>, u64), DecodeError> {
+        let mut dec = decoder_for(format, &opts)?;
+        let mut out = Vec::new();
+        let chunk = chunk.clamp(1, image.len().max(1));
+        let mut off = 0;
+        while off < image.len() {
+            let n = chunk.min(image.len() - off);
+            dec.feed(&image.slice(off..off + n), &mut out)?;
+            off += n;
+        }
+        dec.finish(&mut out)?;
+        let size = dec.virtual_size().unwrap_or(image.len() as u64);
+        Ok((out, size))
+    };
+    let a = run(CHUNKS[usize::from(ch) % CHUNKS.len()]);
+    let b = run(CHUNKS[usize::from(ch / 8) % CHUNKS.len()]);
+    match (&a, &b) {
+        (Ok((ea, sa)), Ok((eb, sb))) => {
+            assert_eq!(sa, sb, "virtual size depends on chunking");
+            let da = fuzz_check(ea, *sa);
+            let db = fuzz_check(eb, *sb);
+            assert_eq!(da, db, "decoded disk depends on chunking");
+        }
+        (Err(_), Err(_)) => {}
+        _ => panic!(
+            "verdict depends on chunking: {:?} vs {:?}",
+            a.as_ref().err(),
+            b.as_ref().err()
+        ),
+    }
+}
+
+/// Check the extent contract; return the disk when it is small (≤ 1 MiB).
+fn fuzz_check(extents: &[Extent], size: u64) -> Option<Vec<u8>> {
+    let mut spans: Vec<(u64, u64, usize)> = extents
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.offset(), e.len(), i))
+        .collect();
+    spans.sort_unstable();
+    let mut at = 0u64;
+    for &(off, len, i) in &spans {
+        assert_eq!(
+            off, at,
+            "extents leave a gap or overlap at {at} (next at {off})"
+        );
+        at = off.saturating_add(len);
+        if let Some(Extent::Data { .. }) = extents.get(i) {
+            assert!(
+                off.is_multiple_of(ALIGN),
+                "data extent starts unaligned at {off}"
+            );
+            assert!(
+                at.is_multiple_of(ALIGN) || at == size,
+                "data extent ends unaligned at {at}"
+            );
+        }
+    }
+    assert_eq!(at, size, "extents end at {at}, virtual size {size}");
+    if size > 1 << 20 {
+        return None;
+    }
+    let mut disk = vec![0u8; size as usize];
+    for e in extents {
+        if let Extent::Data { offset, data } = e {
+            let o = *offset as usize;
+            if let Some(d) = disk.get_mut(o..o + data.len()) {
+                d.copy_from_slice(data);
+            }
+        }
+    }
+    Some(disk)
+}
