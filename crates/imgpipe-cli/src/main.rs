@@ -1,1 +1,290 @@
-fn main() {}
+//! `imgpipe`: turn a cloud VM image into an instance disk in one verified pass.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use imgpipe::hash::Algorithm;
+use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
+use imgpipe::{Progress, RunReport, Spec, Status};
+
+mod demo;
+
+const EXAMPLES: &str = "\
+Examples:
+  imgpipe demo                                 # generate a local image and run the main job on it
+  imgpipe run spec.toml                        # run a pipeline spec (TOML or JSON)
+  imgpipe run spec.toml --json                 # ... and print one JSON report
+  cat spec.json | imgpipe run -                # spec from stdin
+  imgpipe hash disk.img --algo sha512,sha256   # digests in one pass
+  imgpipe hash https://example.org/cirros.img
+
+Exit status: 0 success; 3 the image was rejected by a check (digest, size, format,
+signature); 2 invalid spec or arguments; 1 any other failure (I/O, network).";
+
+#[derive(Parser)]
+#[command(name = "imgpipe", version, about = "Turn a cloud VM image into an instance disk in one verified pass", after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline spec (TOML or JSON; `-` reads it from stdin).
+    Run {
+        /// The spec file.
+        spec: PathBuf,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Show a progress bar.
+        #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+        progress: ProgressMode,
+    },
+    /// Compute digests of a file, URL or stdin (`-`) in one pass.
+    Hash {
+        /// File path, http(s) URL, or `-`.
+        input: String,
+        /// Algorithms, comma separated (md5 sha1 sha224 sha256 sha384 sha512 blake3).
+        #[arg(long, value_delimiter = ',', default_value = "sha256")]
+        algo: Vec<String>,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a small local image and run the main job on it (no server needed).
+    Demo {
+        /// Where to put the demo files (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Size of the generated image in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn source_of(input: &str) -> SourceSpec {
+    if input == "-" {
+        SourceSpec::Stdin
+    } else if input.starts_with("http://") || input.starts_with("https://") {
+        SourceSpec::Http {
+            url: input.to_string(),
+            headers: vec![],
+        }
+    } else {
+        SourceSpec::File(PathBuf::from(input))
+    }
+}
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("imgpipe: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.command {
+            Command::Run { spec, json, progress } => match Spec::load(&spec) {
+                Ok(s) => execute(&s, json, progress).await,
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"status": "error", "kind": "spec", "reason": e.to_string(),
+                                "problems": e.problems.iter().map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message})).collect::<Vec<_>>()})
+                        );
+                    }
+                    eprintln!("imgpipe: {e}");
+                    2
+                }
+            },
+            Command::Hash { input, algo, json } => {
+                let mut spec = Spec::new(source_of(&input));
+                for a in &algo {
+                    match a.parse::<Algorithm>() {
+                        Ok(a) => spec.verify.report.push(a),
+                        Err(e) => {
+                            eprintln!("imgpipe: {e}");
+                            return 2;
+                        }
+                    }
+                }
+                let report = run_with_progress(&spec, ProgressMode::Auto, json).await;
+                if json {
+                    print_json(&report);
+                } else if report.status == Status::Ok {
+                    for (a, h) in &report.hashes {
+                        println!("{a}  {h}  {input}");
+                    }
+                } else {
+                    eprintln!("imgpipe: {}", report.reason.as_deref().unwrap_or("failed"));
+                }
+                report.exit_code()
+            }
+            Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
+                Ok(spec_path) => {
+                    if !json {
+                        eprintln!("imgpipe demo: spec {}", spec_path.display());
+                    }
+                    match Spec::load(&spec_path) {
+                        Ok(s) => execute(&s, json, ProgressMode::Auto).await,
+                        Err(e) => {
+                            eprintln!("imgpipe: {e}");
+                            2
+                        }
+                    }
+                }
+                Err(e) => {
+                    eprintln!("imgpipe demo: {e:#}");
+                    1
+                }
+            },
+        }
+    });
+    std::process::exit(code);
+}
+
+fn print_json(report: &RunReport) {
+    match serde_json::to_string_pretty(report) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("imgpipe: cannot serialise the report: {e}"),
+    }
+}
+
+async fn execute(spec: &Spec, json: bool, progress: ProgressMode) -> i32 {
+    let report = run_with_progress(spec, progress, json).await;
+    if json {
+        print_json(&report);
+    } else {
+        print_text(&report);
+    }
+    report.exit_code()
+}
+
+async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunReport {
+    let progress = Arc::new(Progress::default());
+    let show = match mode {
+        ProgressMode::Always => true,
+        ProgressMode::Never => false,
+        ProgressMode::Auto => std::io::stderr().is_terminal(),
+    };
+    let _ = json;
+    let pr = progress.clone();
+    let ctrlc = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("imgpipe: interrupted; aborting (nothing will be published)");
+            pr.cancel();
+        }
+    });
+    let bar_task = show.then(|| {
+        let pr = progress.clone();
+        tokio::spawn(async move {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            loop {
+                if let Some(t) = pr.total() {
+                    bar.set_length(t);
+                }
+                bar.set_position(pr.bytes_read());
+                bar.set_message(format!("written {}", indicatif::HumanBytes(pr.bytes_written())));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let report = imgpipe::run(spec, progress).await;
+    ctrlc.abort();
+    if let Some(b) = bar_task {
+        b.abort();
+        eprint!("\r\x1b[2K");
+    }
+    report
+}
+
+fn print_text(r: &RunReport) {
+    let status = match r.status {
+        Status::Ok => "ok",
+        Status::Rejected => "REJECTED",
+        Status::Error => "ERROR",
+    };
+    eprintln!("status:   {status}");
+    if let Some(reason) = &r.reason {
+        eprintln!("reason:   {reason}");
+        if r.status != Status::Ok {
+            eprintln!("          nothing was published");
+        }
+    }
+    eprintln!("source:   {} ({} bytes read)", r.source, r.bytes_read);
+    if let Some(f) = &r.format {
+        let vs = r
+            .virtual_size
+            .map(|v| format!(", virtual size {v} bytes"))
+            .unwrap_or_default();
+        eprintln!("format:   {f}{vs}");
+    }
+    for (a, h) in &r.hashes {
+        eprintln!("{a:<9} {h}");
+    }
+    for p in &r.passed {
+        eprintln!("passed:   {p}");
+    }
+    for w in &r.warnings {
+        eprintln!("WARNING:  {w}");
+    }
+    if let Some(s) = &r.sink {
+        eprintln!(
+            "sink:     {s} ({} bytes written, {} bytes of zeros left as holes)",
+            r.bytes_written, r.zero_bytes_skipped
+        );
+    }
+    let rate = if r.seconds > 0.0 {
+        r.bytes_read as f64 / r.seconds / 1e6
+    } else {
+        0.0
+    };
+    eprintln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
+    for st in &r.stages {
+        eprintln!(
+            "  stage {:<40} {:>12} bytes {:>9.0} MB/s busy {:.2} s",
+            st.name, st.bytes, st.mb_per_s, st.busy_seconds
+        );
+    }
+}
+
+/// Used by the demo to refer to the sink path.
+pub(crate) fn file_sink(path: &Path) -> SinkSpec {
+    SinkSpec {
+        target: SinkTarget::File(path.to_path_buf()),
+        zeroes: None,
+    }
+}

@@ -38,13 +38,19 @@ pub struct FileSink {
 impl FileSink {
     /// A sink for `target`. Nothing is created until the first write.
     pub fn new(target: &Path, zeroes: FileZeroes) -> Result<Self> {
-        let name = target
-            .file_name()
-            .ok_or_else(|| Error::new(ErrorKind::Spec, format!("sink path {} has no file name", target.display())))?;
+        let name = target.file_name().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Spec,
+                format!("sink path {} has no file name", target.display()),
+            )
+        })?;
         if target.is_dir() {
             return Err(Error::new(
                 ErrorKind::Spec,
-                format!("sink path {} is a directory; give a file name", target.display()),
+                format!(
+                    "sink path {} is a directory; give a file name",
+                    target.display()
+                ),
             ));
         }
         let mut part_name = name.to_os_string();
@@ -97,7 +103,10 @@ impl FileSink {
         match tokio::task::spawn_blocking(f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Error::io(what, e)),
-            Err(e) => Err(Error::new(ErrorKind::Internal, format!("{what}: worker failed: {e}"))),
+            Err(e) => Err(Error::new(
+                ErrorKind::Internal,
+                format!("{what}: worker failed: {e}"),
+            )),
         }
     }
 
@@ -194,7 +203,10 @@ impl Sink for FileSink {
                 file.set_len(end)?;
                 file.sync_all()?;
                 std::fs::rename(&part, &target)?;
-                let dir = target.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let dir = target
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
                 File::open(dir)?.sync_all()?;
                 Ok(())
             },
@@ -214,8 +226,10 @@ impl Sink for FileSink {
         match std::fs::remove_file(&self.part) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(format!("cannot remove {}", self.part.display()), e)),
+            Err(e) => Err(Error::io(
+                format!("cannot remove {}", self.part.display()),
+                e,
+            )),
         }
     }
 }
-

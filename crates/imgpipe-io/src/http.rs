@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use imgpipe_core::{Error, ErrorKind, Result, Source};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
+use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderName, HeaderValue, RANGE};
 
 use crate::CHUNK_SIZE;
 
@@ -55,6 +55,8 @@ pub struct HttpSource {
     /// Total length, once known.
     total: Option<u64>,
     resumes: u32,
+    /// Consecutive failures without progress.
+    failures: u32,
     /// Whether the server refused a range once.
     no_ranges: bool,
     buf: BytesMut,
@@ -92,11 +94,13 @@ impl HttpSource {
         for (k, v) in &opts.headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|_| Error::new(ErrorKind::Spec, format!("invalid header name {k:?}")))?;
-            let val = HeaderValue::from_str(v)
-                .map_err(|_| Error::new(ErrorKind::Spec, format!("invalid value for header {k:?}")))?;
+            let val = HeaderValue::from_str(v).map_err(|_| {
+                Error::new(ErrorKind::Spec, format!("invalid value for header {k:?}"))
+            })?;
             headers.insert(name, val);
         }
-        reqwest::Url::parse(url).map_err(|e| Error::new(ErrorKind::Spec, format!("invalid URL {url:?}: {e}")))?;
+        reqwest::Url::parse(url)
+            .map_err(|e| Error::new(ErrorKind::Spec, format!("invalid URL {url:?}: {e}")))?;
         Ok(HttpSource {
             client,
             url: url.to_string(),
@@ -108,6 +112,7 @@ impl HttpSource {
             skip: 0,
             total: None,
             resumes: 0,
+            failures: 0,
             no_ranges: false,
             buf: BytesMut::new(),
             done: false,
@@ -124,7 +129,10 @@ impl HttpSource {
 
     fn backoff(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.min(16);
-        self.opts.backoff.saturating_mul(factor).min(Duration::from_secs(10))
+        self.opts
+            .backoff
+            .saturating_mul(factor)
+            .min(Duration::from_secs(10))
     }
 
     /// Issue a GET starting at `from`, retrying connect errors and 5xx.
@@ -194,7 +202,10 @@ impl HttpSource {
                 }
             }
             if status == StatusCode::NO_CONTENT {
-                return Err(net(format!("{}: server answered 204 No Content (the image has no data)", self.shown)));
+                return Err(net(format!(
+                    "{}: server answered 204 No Content (the image has no data)",
+                    self.shown
+                )));
             }
             if !status.is_success() {
                 return Err(net(format!("{}: server answered {status}", self.shown)));
@@ -224,16 +235,22 @@ impl HttpSource {
 
     /// The next piece of the body, handling stalls and early ends; `None` at the true end.
     async fn next_piece(&mut self) -> Result<Option<Bytes>> {
-        let mut failures = 0u32;
         loop {
             if self.resp.is_none() {
+                if self.failures > 0 {
+                    tokio::time::sleep(self.backoff(self.failures - 1)).await;
+                }
                 self.request(self.delivered).await?;
             }
             let Some(resp) = self.resp.as_mut() else {
-                return Err(Error::new(ErrorKind::Internal, "no response after a successful request"));
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    "no response after a successful request",
+                ));
             };
             let problem = match tokio::time::timeout(self.opts.stall_timeout, resp.chunk()).await {
                 Ok(Ok(Some(b))) => {
+                    self.failures = 0;
                     if self.skip > 0 {
                         let drop = self.skip.min(b.len() as u64);
                         self.skip -= drop;
@@ -252,20 +269,27 @@ impl HttpSource {
                     ),
                     _ => return Ok(None),
                 },
-                Ok(Err(e)) => format!("transfer failed after {} bytes: {e}", self.delivered + self.buf.len() as u64),
+                Ok(Err(e)) => format!(
+                    "transfer failed after {} bytes: {e}",
+                    self.delivered + self.buf.len() as u64
+                ),
                 Err(_) => format!("no data for {:?} (stalled)", self.opts.stall_timeout),
             };
-            // Resume: flush what we hold first so `delivered` is where the new request starts.
             self.resp = None;
+            self.failures += 1;
+            if self.failures >= self.opts.attempts.max(1) {
+                return Err(net(format!(
+                    "{}: {problem}; giving up after {} attempt{}",
+                    self.shown,
+                    self.failures,
+                    if self.failures == 1 { "" } else { "s" }
+                )));
+            }
+            self.resumes += 1;
+            // Flush what we hold first, so `delivered` is where the next request starts.
             if !self.buf.is_empty() {
                 return Ok(Some(self.take_buf()));
             }
-            failures += 1;
-            if failures >= self.opts.attempts.max(1) {
-                return Err(net(format!("{}: {problem}; giving up after {failures} attempts", self.shown)));
-            }
-            self.resumes += 1;
-            tokio::time::sleep(self.backoff(failures - 1)).await;
         }
     }
 

@@ -21,7 +21,8 @@ pub struct ReaderSource {
 impl ReaderSource {
     /// Open a local file.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let file = File::open(path)
+            .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let meta = file
             .metadata()
             .map_err(|e| Error::io(format!("cannot stat {}", path.display()), e))?;
@@ -41,7 +42,11 @@ impl ReaderSource {
     }
 
     /// Wrap any blocking reader.
-    pub fn spawn<R: Read + Send + 'static>(name: String, len: Option<u64>, mut reader: R) -> Result<Self> {
+    pub fn spawn<R: Read + Send + 'static>(
+        name: String,
+        len: Option<u64>,
+        mut reader: R,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(2);
         let label = name.clone();
         std::thread::Builder::new()

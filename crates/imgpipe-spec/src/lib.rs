@@ -600,7 +600,7 @@ impl Reader<'_> {
         let endpoint = t.string("endpoint", p);
         let image_id = t.string("image_id", p);
         let token_env = t.string("token_env", p);
-        let keystone = t.table("keystone", p).and_then(|mut k| {
+        let keystone = t.table("keystone", p).map(|mut k| {
             let mut s = KeystoneSpec {
                 user_domain_name: "Default".into(),
                 project_domain_name: "Default".into(),
@@ -634,7 +634,7 @@ impl Reader<'_> {
                     "project_domain_name",
                 ],
             );
-            Some(s)
+            s
         });
         if image_id.is_none() {
             p.add(&t.path("image_id"), t.line, "missing image_id");
@@ -908,16 +908,14 @@ impl Reader<'_> {
                     );
                 }
             }
-            Some(_) => {
-                if passphrase_file.is_none() {
-                    p.add(
-                        &t.path("passphrase_file"),
-                        t.line,
-                        "LUKS needs passphrase_file",
-                    );
-                }
+            Some(_) if passphrase_file.is_none() => {
+                p.add(
+                    &t.path("passphrase_file"),
+                    t.line,
+                    "LUKS needs passphrase_file",
+                );
             }
-            None => {}
+            Some(_) | None => {}
         }
         t.finish(
             p,

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use imgpipe_core::{DriverOptions, Error, ErrorKind, Observer, Pipeline, Progress, Result, Sink, Source};
+use imgpipe_core::{
+    DriverOptions, Error, ErrorKind, Observer, Pipeline, Progress, Result, Sink, Source,
+};
 use imgpipe_crypto::hash::Algorithm;
 use imgpipe_format::Format;
 use imgpipe_io::{FileSink, FileZeroes, HttpOptions, HttpSource, ReaderSource};
@@ -13,7 +15,10 @@ use crate::observers::{HashObserver, SizeObserver};
 use crate::report::RunReport;
 
 fn unsupported(what: &str) -> Error {
-    Error::new(ErrorKind::Unsupported, format!("{what} is not implemented yet in this build of imgpipe"))
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("{what} is not implemented yet in this build of imgpipe"),
+    )
 }
 
 /// Open the source named by the spec.
@@ -70,7 +75,9 @@ pub fn hash_observers(spec: &Spec) -> Result<Vec<Box<dyn Observer>>> {
     }
     if let Some(c) = &v.checksum {
         let have_os_hash = v.os_hash_value.is_some()
-            && v.os_hash_algo.as_deref().is_some_and(|a| a.parse::<Algorithm>().is_ok());
+            && v.os_hash_algo
+                .as_deref()
+                .is_some_and(|a| a.parse::<Algorithm>().is_ok());
         if !have_os_hash {
             add(Algorithm::Md5, Some((c.clone(), "checksum")));
         }
@@ -96,7 +103,9 @@ pub fn hash_observers(spec: &Spec) -> Result<Vec<Box<dyn Observer>>> {
 }
 
 fn open_sink(spec: &Spec) -> Result<Option<Box<dyn Sink>>> {
-    let Some(sink) = &spec.sink else { return Ok(None) };
+    let Some(sink) = &spec.sink else {
+        return Ok(None);
+    };
     Ok(Some(match &sink.target {
         SinkTarget::File(p) => {
             let z = match sink.zeroes {

@@ -1,9 +1,11 @@
 //! The bridge from image bytes to disk operations: inspector gate → decoder → (encryptor).
 
 use bytes::Bytes;
-use imgpipe_core::{Chunk, DiskExtent, DiskInfo, DiskStage, Error, ErrorKind, Finding, Result, SinkOp};
-use imgpipe_format::decode::{self, DecodeError, DecodeOptions, Decoder, Extent};
+use imgpipe_core::{
+    Chunk, DiskExtent, DiskInfo, DiskStage, Error, ErrorKind, Finding, Result, SinkOp,
+};
 use imgpipe_format::Format;
+use imgpipe_format::decode::{self, DecodeError, DecodeOptions, Decoder, Extent};
 
 /// Turns image bytes into disk writes.
 pub struct ImageToDisk {
@@ -71,7 +73,9 @@ impl DiskStage for ImageToDisk {
 
     fn feed(&mut self, chunk: &Chunk, out: &mut Vec<SinkOp>) -> Result<()> {
         let data: &Bytes = &chunk.data;
-        self.decoder.feed(data, &mut self.extents).map_err(map_decode)?;
+        self.decoder
+            .feed(data, &mut self.extents)
+            .map_err(map_decode)?;
         self.emit(out);
         Ok(())
     }

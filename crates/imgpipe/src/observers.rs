@@ -42,7 +42,10 @@ impl Observer for HashObserver {
                 return Err(Error::check(
                     ErrorKind::DigestMismatch,
                     format!("digest.{algo}"),
-                    format!("{algo} of the image bytes is {hex}, but {origin} says {}", want.trim().to_ascii_lowercase()),
+                    format!(
+                        "{algo} of the image bytes is {hex}, but {origin} says {}",
+                        want.trim().to_ascii_lowercase()
+                    ),
                 ));
             }
             out.push(Finding::Passed {
@@ -87,7 +90,10 @@ impl Observer for SizeObserver {
             return Err(Error::check(
                 ErrorKind::SizeMismatch,
                 "size",
-                format!("the image is longer than the expected {} bytes", self.expected),
+                format!(
+                    "the image is longer than the expected {} bytes",
+                    self.expected
+                ),
             ));
         }
         Ok(())
@@ -101,6 +107,8 @@ impl Observer for SizeObserver {
                 format!("the image has {total} bytes, expected {}", self.expected),
             ));
         }
-        Ok(vec![Finding::Passed { check: "size".into() }])
+        Ok(vec![Finding::Passed {
+            check: "size".into(),
+        }])
     }
 }

@@ -105,7 +105,10 @@ impl RunReport {
                 Finding::Digest { algorithm, hex } => {
                     r.hashes.insert(algorithm.clone(), hex.clone());
                 }
-                Finding::Format { format, virtual_size } => {
+                Finding::Format {
+                    format,
+                    virtual_size,
+                } => {
                     r.format = Some(format.clone());
                     if virtual_size.is_some() {
                         r.virtual_size = *virtual_size;
@@ -124,7 +127,11 @@ impl RunReport {
                 }
             }
             Err(e) => {
-                r.status = if e.kind().is_rejection() { Status::Rejected } else { Status::Error };
+                r.status = if e.kind().is_rejection() {
+                    Status::Rejected
+                } else {
+                    Status::Error
+                };
                 r.reason = Some(e.to_string());
                 r.check = e.check_name().map(str::to_string);
                 r.kind = Some(e.kind());

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# imgpipe's whole test suite, from a fresh machine: installs what the tests need (Debian
+# packages, the Python venv of differential oracles, cargo-fuzz), then runs formatting and lint
+# checks, every test (oracle-backed tests are required, not skipped), and a short fuzz smoke run.
+#
+#   scripts/test.sh            everything
+#   FUZZ_SECONDS=0 scripts/test.sh   skip the fuzz smoke run
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+t0=$(date +%s)
+step() { echo; echo "== [$(( $(date +%s) - t0 ))s] $*"; }
+
+# 1. System packages -------------------------------------------------------------------------
+# qemu-img/qemu-io are the format oracle, cryptsetup the LUKS oracle, python3-venv hosts
+# oslo.utils / cursive / cryptography, xorriso builds ISO test images, fdisk/gdisk partition tables.
+need=()
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+command -v xorriso >/dev/null || need+=(xorriso)
+command -v sfdisk >/dev/null || need+=(fdisk)
+command -v sgdisk >/dev/null || need+=(gdisk)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  step "apt-get install ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then echo "need root to install: ${need[*]}" >&2; exit 1; fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# 2. Oracle venv -----------------------------------------------------------------------------
+step "python oracle venv (oslo.utils, cursive, cryptography, glanceclient)"
+IMGPIPE_ORACLE_PYTHON="$(scripts/oracle-venv.sh)"
+export IMGPIPE_ORACLE_PYTHON
+export IMGPIPE_REQUIRE_ORACLES=1
+
+# 3. Static checks ---------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# 4. Tests -----------------------------------------------------------------------------------
+step "cargo test"
+mkdir -p target
+if ! cargo test --workspace --locked 2>&1 | tee target/test-output.txt | grep -vE '^test .* \.\.\. ok$'; then
+  echo "cargo test failed"; exit 1
+fi
+read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i ~ /^passed;?$/)p+=$(i-1); if($i ~ /^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' target/test-output.txt)
+
+# 5. Fuzz smoke ------------------------------------------------------------------------------
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+  step "fuzz smoke (${FUZZ_SECONDS}s per target)"
+  if ! cargo +nightly --version >/dev/null 2>&1; then
+    echo "nightly toolchain missing: cannot fuzz" >&2; exit 1
+  fi
+  command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz >/dev/null
+  for target in $(cd fuzz && cargo +nightly fuzz list); do
+    [ -f "fuzz/fuzz_targets/$target.rs" ] || continue
+    mkdir -p "fuzz/corpus/$target"
+    # Fuzz into a scratch copy of the corpus so the committed seeds stay as they are.
+    scratch="$(mktemp -d)"; cp -r "fuzz/corpus/$target/." "$scratch/"
+    (cd fuzz && cargo +nightly fuzz run "$target" "$scratch" -- -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 2>&1 | tail -3)
+    rm -rf "$scratch"
+  done
+fi
+
+step "done"
+echo "${passed} passed, ${failed} failed"
+[ "$failed" = 0 ]
