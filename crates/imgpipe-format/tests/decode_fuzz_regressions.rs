@@ -20,3 +20,42 @@ fn seed_corpus_passes_the_harness() {
     }
     assert!(n >= 8, "seed corpus has only {n} files");
 }
+
+/// A VMDK sparse header with the given descriptor offset/size (sectors).
+fn vmdk_header(desc_offset: u64, desc_size: u64, gd: u64, overhead: u64) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[0..4].copy_from_slice(b"KDMV");
+    h[4..8].copy_from_slice(&3u32.to_le_bytes());
+    h[8..12].copy_from_slice(&(3u32 | 3 << 16).to_le_bytes());
+    h[12..20].copy_from_slice(&48u64.to_le_bytes());
+    h[20..28].copy_from_slice(&128u64.to_le_bytes());
+    h[28..36].copy_from_slice(&desc_offset.to_le_bytes());
+    h[36..44].copy_from_slice(&desc_size.to_le_bytes());
+    h[44..48].copy_from_slice(&512u32.to_le_bytes());
+    h[56..64].copy_from_slice(&gd.to_le_bytes());
+    h[64..72].copy_from_slice(&overhead.to_le_bytes());
+    h[77..79].copy_from_slice(&1u16.to_le_bytes());
+    h
+}
+
+/// Fuzz find (crash-144aac44…): a descriptor size in sectors whose byte size overflows u64
+/// panicked in the size check; now a Limit error.
+#[test]
+fn fuzz_vmdk_descriptor_size_overflow() {
+    for (off, size, gd, overhead) in [
+        (1u64, 1u64 << 60, 1u64, 1u64),
+        (1 << 60, 1, 1, 1),
+        (1, 20, u64::MAX, 1 << 60),
+        (1, 20, 1 << 60, 1),
+    ] {
+        let mut input = vec![2u8, 0x1b];
+        input.extend_from_slice(&vmdk_header(off, size, gd, overhead));
+        input.resize(input.len() + 4096, 0);
+        fuzz_one(&input);
+        let r =
+            imgpipe_format::decode::decoder_for(imgpipe_format::Format::Vmdk, &Default::default())
+                .unwrap()
+                .feed(&bytes::Bytes::copy_from_slice(&input[2..]), &mut Vec::new());
+        assert!(r.is_err(), "header {off} {size} {gd} {overhead} accepted");
+    }
+}

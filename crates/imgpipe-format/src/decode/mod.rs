@@ -12,6 +12,24 @@
 //!   `virtual_size`; this lets sector-based encryption work on whole sectors.
 //! - Nothing an image names (backing file, external data file, extent file) is ever opened.
 //! - Errors name what was wrong and the value seen; after an error the decoder is not used again.
+//!
+//! Formats: raw and ISO (passthrough), qcow2 v2/v3, VMDK monolithicSparse and streamOptimized,
+//! VHD dynamic and fixed, VHDX, VDI. Table-driven formats follow the tables as they stream by:
+//! an image whose tables precede the data they map (what `qemu-img convert` writes) decodes
+//! with memory proportional to its tables. Bytes that arrive before the table mapping them are
+//! kept in a [`SpillStore`] until that table arrives or every table has been read.
+//!
+//! Bounds (all in [`DecodeOptions`], each exceeded bound is a [`DecodeError::Limit`]):
+//! - memory for tables being collected and bookkeeping of wanted ranges: `metadata_limit`;
+//! - spill store contents at any time: `spill_limit` bytes — in memory for [`MemorySpill`], on
+//!   disk for [`FileSpill`] (a sparse file whose allocated size is the bytes put; cleared, i.e.
+//!   truncated to 0, as soon as every table has been read);
+//! - one compressed cluster/grain being inflated at a time per range (≤ 2 × cluster size);
+//! - the virtual size: `max_virtual_size`.
+//!
+//! Extents produced by one `feed` are returned from that call; their total over the whole run
+//! is the virtual size (each guest byte once), but one call may return many when a late table
+//! resolves many spilled ranges at once.
 
 mod engine;
 mod qcow2;

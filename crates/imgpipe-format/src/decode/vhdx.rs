@@ -324,7 +324,9 @@ impl Vhdx {
                         ));
                     }
                     match run {
-                        Some((rh, rg, rl)) if rh + rl == host && rg + rl == guest => {
+                        Some((rh, rg, rl))
+                            if rh.checked_add(rl) == Some(host) && rg + rl == guest =>
+                        {
                             run = Some((rh, rg, rl + len))
                         }
                         _ => {

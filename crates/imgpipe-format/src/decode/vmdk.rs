@@ -278,7 +278,7 @@ impl Vmdk {
                 "no embedded descriptor (separate descriptor file)",
             ));
         }
-        if h.desc_size * SECTOR > MAX_DESC {
+        if h.desc_size > MAX_DESC / SECTOR {
             return Err(limit(
                 F,
                 format!(
@@ -287,14 +287,22 @@ impl Vmdk {
                 ),
             ));
         }
+        let sectors = |what: &str, n: u64| {
+            n.checked_mul(SECTOR)
+                .ok_or_else(|| malformed(F, format!("{what} at sector {n} overflows")))
+        };
         core.want(
-            h.desc_offset * SECTOR,
+            sectors("descriptor", h.desc_offset)?,
             h.desc_size * SECTOR,
             Want::Meta(TAG_DESC),
         )?;
         if h.gd_offset == GD_AT_END {
             self.gd_done = true;
-            return core.want(h.overhead * SECTOR, SECTOR, Want::Meta(TAG_MARKER));
+            return core.want(
+                sectors("overhead", h.overhead)?,
+                SECTOR,
+                Want::Meta(TAG_MARKER),
+            );
         }
         let gd = h.gd_offset.checked_mul(SECTOR).ok_or_else(|| {
             malformed(
