@@ -157,6 +157,8 @@ pub struct InspectSpec {
     pub allowed_formats: Option<Vec<Format>>,
     /// Largest acceptable virtual size in bytes (default 64 TiB).
     pub max_virtual_size: Option<u64>,
+    /// Skip inspection entirely (library use only, e.g. `imgpipe hash`; not a spec key).
+    pub skip: bool,
 }
 
 /// Signature verification settings.

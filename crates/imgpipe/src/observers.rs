@@ -1,21 +1,47 @@
-//! Observers of the image bytes: hashers with their expected digests, and the size check.
+//! Observers of the image bytes: hashers (with expected digests and an optional signature
+//! verifier sharing the same digest), the size check, and the inspector when nothing is written.
+
+use std::sync::{Arc, Mutex};
 
 use imgpipe_core::{Chunk, Error, ErrorKind, Finding, Observer, Result};
 use imgpipe_crypto::hash::{self, Algorithm, Hasher};
+use imgpipe_crypto::signature::SignatureVerifier;
+use imgpipe_format::inspect::{Inspector, Verdict};
 
-/// Computes one digest over the image bytes and, when an expected value is given, checks it.
+use crate::verdict::verdict_error;
+
+/// Computes one digest over the image bytes; checks every expected value for that algorithm
+/// and, when given, the image signature over the same digest (no second hashing pass).
 pub struct HashObserver {
     hasher: Hasher,
-    expected: Option<(String, &'static str)>,
+    expected: Vec<(String, String)>,
+    signature: Option<SignatureVerifier>,
 }
 
 impl HashObserver {
-    /// A hasher for `algo`; `expected` is `(hex, where the value came from)`.
-    pub fn new(algo: Algorithm, expected: Option<(String, &'static str)>) -> Self {
+    /// A hasher for `algo` with no expectations (report only).
+    pub fn new(algo: Algorithm) -> Self {
         HashObserver {
             hasher: Hasher::new(algo),
-            expected,
+            expected: vec![],
+            signature: None,
         }
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.hasher.algorithm()
+    }
+
+    /// Also require the digest to equal `hex` (`origin` says where the value came from).
+    pub fn expect(&mut self, hex: &str, origin: &str) {
+        self.expected
+            .push((hex.trim().to_ascii_lowercase(), origin.to_string()));
+    }
+
+    /// Also verify the image signature over this digest.
+    pub fn verify_signature(&mut self, v: SignatureVerifier) {
+        self.signature = Some(v);
     }
 }
 
@@ -37,26 +63,38 @@ impl Observer for HashObserver {
             algorithm: algo.name().into(),
             hex: hex.clone(),
         }];
-        if let Some((want, origin)) = self.expected {
-            if !hash::hex_eq(&want, &digest) {
+        for (want, origin) in &self.expected {
+            if !hash::hex_eq(want, &digest) {
                 return Err(Error::check(
                     ErrorKind::DigestMismatch,
                     format!("digest.{algo}"),
-                    format!(
-                        "{algo} of the image bytes is {hex}, but {origin} says {}",
-                        want.trim().to_ascii_lowercase()
-                    ),
+                    format!("{algo} of the image bytes is {hex}, but {origin} says {want}"),
                 ));
             }
             out.push(Finding::Passed {
                 check: format!("digest.{algo}"),
             });
         }
+        if let Some(v) = &self.signature {
+            v.verify_digest(&digest).map_err(|e| {
+                Error::check(
+                    ErrorKind::BadSignature,
+                    e.check,
+                    format!(
+                        "image signature ({algo} digest) does not verify: {}",
+                        e.message
+                    ),
+                )
+            })?;
+            out.push(Finding::Passed {
+                check: "signature".into(),
+            });
+        }
         Ok(out)
     }
 }
 
-fn hex_lower(b: &[u8]) -> String {
+pub(crate) fn hex_lower(b: &[u8]) -> String {
     const H: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for x in b {
@@ -70,12 +108,17 @@ fn hex_lower(b: &[u8]) -> String {
 pub struct SizeObserver {
     expected: u64,
     seen: u64,
+    origin: String,
 }
 
 impl SizeObserver {
-    /// Expect exactly `expected` bytes.
-    pub fn new(expected: u64) -> Self {
-        SizeObserver { expected, seen: 0 }
+    /// Expect exactly `expected` bytes (`origin`: where the value came from).
+    pub fn new(expected: u64, origin: &str) -> Self {
+        SizeObserver {
+            expected,
+            seen: 0,
+            origin: origin.to_string(),
+        }
     }
 }
 
@@ -91,8 +134,8 @@ impl Observer for SizeObserver {
                 ErrorKind::SizeMismatch,
                 "size",
                 format!(
-                    "the image is longer than the expected {} bytes",
-                    self.expected
+                    "the image is longer than the {} bytes {} says",
+                    self.expected, self.origin
                 ),
             ));
         }
@@ -104,11 +147,72 @@ impl Observer for SizeObserver {
             return Err(Error::check(
                 ErrorKind::SizeMismatch,
                 "size",
-                format!("the image has {total} bytes, expected {}", self.expected),
+                format!(
+                    "the image has {total} bytes, but {} says {}",
+                    self.origin, self.expected
+                ),
             ));
         }
         Ok(vec![Finding::Passed {
             check: "size".into(),
         }])
+    }
+}
+
+/// Runs the inspector over the image bytes when nothing is written (verify-only runs and
+/// `imgpipe inspect`). Rejects as soon as a provisional verdict has a violation.
+pub struct InspectObserver {
+    inspector: Option<Inspector>,
+    /// The final verdict, for callers that want all of it.
+    pub verdict: Arc<Mutex<Option<Verdict>>>,
+    reject: bool,
+}
+
+impl InspectObserver {
+    /// Inspect with `inspector`; `reject` = fail the run on a violation (else only record).
+    pub fn new(inspector: Inspector, reject: bool) -> Self {
+        InspectObserver {
+            inspector: Some(inspector),
+            verdict: Arc::new(Mutex::new(None)),
+            reject,
+        }
+    }
+}
+
+impl Observer for InspectObserver {
+    fn name(&self) -> String {
+        "inspect".into()
+    }
+
+    fn update(&mut self, chunk: &Chunk) -> Result<()> {
+        if let Some(i) = self.inspector.as_mut() {
+            i.feed(&chunk.data);
+            if self.reject
+                && let Some(v) = i.provisional()
+                && !v.is_safe()
+            {
+                return Err(verdict_error(v));
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, _total: u64) -> Result<Vec<Finding>> {
+        let Some(i) = self.inspector.take() else {
+            return Ok(vec![]);
+        };
+        let v = i.finish();
+        let finding = Finding::Format {
+            format: v.format.name().into(),
+            virtual_size: v.virtual_size,
+        };
+        let err = (!v.is_safe()).then(|| verdict_error(&v));
+        if let Ok(mut slot) = self.verdict.lock() {
+            *slot = Some(v);
+        }
+        match err {
+            Some(e) if self.reject => Err(e),
+            _ => Ok(vec![finding]),
+        }
     }
 }

@@ -41,6 +41,9 @@ pub struct RunReport {
     pub check: Option<String>,
     /// Error kind (`digest_mismatch`, …).
     pub kind: Option<ErrorKind>,
+    /// When a failure happened: `before_streaming` (properties, certificates, keys, paths:
+    /// no image byte was read) or `streaming` (during or at the end of the pass).
+    pub phase: Option<&'static str>,
     /// Source description.
     pub source: String,
     /// Image bytes read.
@@ -77,6 +80,7 @@ impl RunReport {
             reason: None,
             check: None,
             kind: None,
+            phase: None,
             source: o.source.clone(),
             bytes_read: o.bytes_read,
             bytes_written: 0,
@@ -135,6 +139,7 @@ impl RunReport {
                 r.reason = Some(e.to_string());
                 r.check = e.check_name().map(str::to_string);
                 r.kind = Some(e.kind());
+                r.phase = Some("streaming");
             }
         }
         r
