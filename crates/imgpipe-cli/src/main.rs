@@ -11,6 +11,7 @@ use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
 use imgpipe::{Progress, RunReport, Spec, Status};
 
 mod demo;
+mod inspect;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -20,6 +21,8 @@ Examples:
   cat spec.json | imgpipe run -                # spec from stdin
   imgpipe hash disk.img --algo sha512,sha256   # digests in one pass
   imgpipe hash https://example.org/cirros.img
+  imgpipe inspect --json --expect qcow2 image.qcow2
+  imgpipe verify spec.toml --input image.qcow2   # checks only, writes nothing
 
 Exit status: 0 success; 3 the image was rejected by a check (digest, size, format,
 signature); 2 invalid spec or arguments; 1 any other failure (I/O, network).";
@@ -51,6 +54,35 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
     },
+    /// Detect an image's format and check it is safe, without writing anything.
+    Inspect {
+        /// File path, http(s) URL, or `-`.
+        input: String,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+        /// The declared format (Glance `disk_format`): the detected format must match.
+        #[arg(long, value_name = "FORMAT")]
+        expect: Option<String>,
+        /// Formats allowed at all, comma separated.
+        #[arg(long, value_delimiter = ',', value_name = "F1,F2")]
+        allow: Option<Vec<String>>,
+        /// Largest acceptable virtual size (e.g. 64TiB).
+        #[arg(long, value_name = "SIZE")]
+        max_virtual_size: Option<String>,
+    },
+    /// Run only the verification stages of a spec (inspect, digests, size, signature): its
+    /// [sink], [encrypt] and [convert] sections are ignored and nothing is written.
+    Verify {
+        /// The spec file (`-` for stdin).
+        spec: PathBuf,
+        /// Read the image from here instead of the spec's [source] (file, URL or `-`).
+        #[arg(long)]
+        input: Option<String>,
+        /// Print one JSON report on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compute digests of a file, URL or stdin (`-`) in one pass.
     Hash {
         /// File path, http(s) URL, or `-`.
@@ -76,7 +108,7 @@ enum Command {
     },
 }
 
-fn source_of(input: &str) -> SourceSpec {
+pub(crate) fn source_of(input: &str) -> SourceSpec {
     if input == "-" {
         SourceSpec::Stdin
     } else if input.starts_with("http://") || input.starts_with("https://") {
@@ -124,8 +156,27 @@ fn main() {
                     2
                 }
             },
+            Command::Inspect { input, json, expect, allow, max_virtual_size } => {
+                inspect::run(&input, json, expect, allow, max_virtual_size).await
+            }
+            Command::Verify { spec, input, json } => match Spec::load(&spec) {
+                Ok(mut s) => {
+                    if let Some(i) = input {
+                        s.source = source_of(&i);
+                    }
+                    s.sink = None;
+                    s.encrypt = None;
+                    s.cache = None;
+                    execute(&s, json, ProgressMode::Auto).await
+                }
+                Err(e) => {
+                    eprintln!("imgpipe: {e}");
+                    2
+                }
+            },
             Command::Hash { input, algo, json } => {
                 let mut spec = Spec::new(source_of(&input));
+                spec.inspect.skip = true;
                 for a in &algo {
                     match a.parse::<Algorithm>() {
                         Ok(a) => spec.verify.report.push(a),

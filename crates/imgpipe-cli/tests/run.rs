@@ -366,3 +366,101 @@ fn http_source_against_a_real_server() {
         r.json["reason"]
     );
 }
+
+#[test]
+fn inspect_and_verify_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(1 << 20, 9);
+    let raw = dir.path().join("a.raw");
+    std::fs::write(&raw, &data).unwrap();
+    let have_qemu = Command::new("qemu-img").arg("--version").output().is_ok();
+    if have_qemu {
+        let backed = dir.path().join("b.qcow2");
+        let st = Command::new("qemu-img")
+            .args(["create", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&raw)
+            .arg(&backed)
+            .output()
+            .unwrap();
+        assert!(st.status.success());
+        let out = imgpipe()
+            .args(["inspect", "--json"])
+            .arg(&backed)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["format"], "qcow2");
+        assert_eq!(v["safe"], false);
+        assert_eq!(v["violations"][0]["check"], "qcow2.backing_file");
+        assert!(v["bytes_examined"].as_u64().unwrap() > 0);
+    } else {
+        assert!(
+            std::env::var("IMGPIPE_REQUIRE_ORACLES").is_err(),
+            "qemu-img is required"
+        );
+    }
+    let out = imgpipe()
+        .args(["inspect", "--json", "--expect", "raw"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["format"].as_str(), v["safe"].as_bool()),
+        (Some("raw"), Some(true))
+    );
+    assert_eq!(v["virtual_size"], data.len() as u64);
+    let out = imgpipe()
+        .args(["inspect", "--expect", "qcow2"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "declared qcow2 but raw");
+    let out = imgpipe()
+        .args(["inspect", "--expect", "floppy"])
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = imgpipe()
+        .args(["inspect"])
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // verify: checks only, the spec's sink is not written.
+    let spec = dir.path().join("v.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\npath = \"nowhere.raw\"\n[verify]\nsha256 = \"{}\"\n[sink]\npath = \"disk.raw\"\n",
+            sha("sha256", &data)
+        ),
+    )
+    .unwrap();
+    let out = imgpipe()
+        .args(["verify", "--json", "--input"])
+        .arg(&raw)
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("disk.raw").exists());
+    let other = dir.path().join("other.raw");
+    std::fs::write(&other, image(1 << 20, 10)).unwrap();
+    let out = imgpipe()
+        .args(["verify", "--json", "--input"])
+        .arg(&other)
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}

@@ -1,0 +1,101 @@
+//! `imgpipe inspect`: the inspector alone over a file, URL or stdin.
+
+use std::sync::Arc;
+
+use imgpipe::core::{DriverOptions, Pipeline};
+use imgpipe::format::Format;
+use imgpipe::format::inspect::Verdict;
+use imgpipe::{InspectObserver, Progress, Spec};
+
+fn usage(msg: String) -> i32 {
+    eprintln!("imgpipe inspect: {msg}");
+    2
+}
+
+/// Run the inspector; exit 0 accepted, 3 rejected, 2 usage, 1 I/O.
+pub async fn run(
+    input: &str,
+    json: bool,
+    expect: Option<String>,
+    allow: Option<Vec<String>>,
+    max_virtual_size: Option<String>,
+) -> i32 {
+    let mut spec = Spec::new(crate::source_of(input));
+    if let Some(e) = expect {
+        match e.parse::<Format>() {
+            Ok(f) => spec.inspect.disk_format = Some(f),
+            Err(err) => return usage(err.to_string()),
+        }
+    }
+    if let Some(list) = allow {
+        let mut v = Vec::new();
+        for f in list {
+            match f.parse::<Format>() {
+                Ok(f) => v.push(f),
+                Err(err) => return usage(err.to_string()),
+            }
+        }
+        spec.inspect.allowed_formats = Some(v);
+    }
+    if let Some(m) = max_virtual_size {
+        match imgpipe::spec::parse_size(&m) {
+            Ok(n) => spec.inspect.max_virtual_size = Some(n),
+            Err(err) => return usage(err),
+        }
+    }
+    let source = match imgpipe::open_source(&spec).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("imgpipe inspect: {e}");
+            return 1;
+        }
+    };
+    let obs = InspectObserver::new(imgpipe::inspector(&spec, source.len_hint()), false);
+    let slot = obs.verdict.clone();
+    let outcome = Pipeline {
+        source,
+        observers: vec![Box::new(obs)],
+        disk: None,
+        options: DriverOptions::default(),
+    }
+    .run(Arc::new(Progress::default()))
+    .await;
+    if let Err(e) = outcome.result {
+        eprintln!("imgpipe inspect: {e}");
+        return 1;
+    }
+    let verdict: Option<Verdict> = slot.lock().ok().and_then(|mut g| g.take());
+    let Some(v) = verdict else {
+        eprintln!("imgpipe inspect: the inspector gave no verdict");
+        return 1;
+    };
+    if json {
+        let obj = serde_json::json!({
+            "format": v.format.name(),
+            "subformat": v.subformat,
+            "virtual_size": v.virtual_size,
+            "safe": v.is_safe(),
+            "violations": v.violations.iter().map(|x| serde_json::json!({
+                "check": x.check,
+                "message": x.message,
+            })).collect::<Vec<_>>(),
+            "bytes_examined": v.bytes_examined,
+            "partition_table": v.partition_table.map(|p| format!("{p:?}").to_ascii_lowercase()),
+        });
+        println!("{obj:#}");
+    } else {
+        let sub = v.subformat.map(|s| format!(" ({s})")).unwrap_or_default();
+        let vs = v
+            .virtual_size
+            .map(|s| format!(", virtual size {s} bytes"))
+            .unwrap_or_default();
+        println!("{}: {}{sub}{vs}", input, v.format);
+        if v.is_safe() {
+            println!("safe: yes (decided after {} bytes)", v.bytes_examined);
+        }
+        for x in &v.violations {
+            println!("REJECTED {}: {}", x.check, x.message);
+        }
+    }
+    if v.is_safe() { 0 } else { 3 }
+}
