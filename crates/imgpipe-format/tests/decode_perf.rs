@@ -9,9 +9,9 @@
 //!   into a sparse raw file) against `qemu-img convert -f qcow2 -O raw` of the same file, in the
 //!   same run, plus decode-only time.
 //! - `peak_memory_8gib_virtual`: VmHWM growth while decoding 8 GiB-virtual qcow2 images whose
-//!   tables scale (64 KiB and 512-byte clusters, preallocation=metadata, so every L2 table is
+//!   tables scale (64 KiB and 4 KiB clusters, preallocation=metadata, so every L2 table is
 //!   present and precedes the data). One case per process:
-//!   `IMGPIPE_PERF_CASE=c512 cargo test --release ... peak_memory -- --ignored --nocapture`.
+//!   `IMGPIPE_PERF_CASE=c4k cargo test --release ... peak_memory -- --ignored --nocapture`.
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/decode.rs"]
@@ -143,9 +143,9 @@ fn peak_memory_8gib_virtual() {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     for (name, opts) in [
         ("c64k.qcow2", "cluster_size=65536,preallocation=metadata"),
-        ("c512.qcow2", "cluster_size=512,preallocation=metadata"),
+        ("c4k.qcow2", "cluster_size=4096,preallocation=metadata"),
     ] {
-        // IMGPIPE_PERF_CASE=c512 (or c64k) measures one case per process (VmHWM is a peak).
+        // IMGPIPE_PERF_CASE=c4k (or c64k) measures one case per process (VmHWM is a peak).
         if std::env::var("IMGPIPE_PERF_CASE").is_ok_and(|c| !name.starts_with(c.as_str())) {
             continue;
         }
