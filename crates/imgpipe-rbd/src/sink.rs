@@ -17,8 +17,10 @@ use crate::{RbdOptions, RbdZeroes};
 
 /// Small data extents (qcow2 clusters, …) are gathered into writes of up to this many bytes.
 const COALESCE: usize = 4 << 20;
-/// Data extents at least this long are submitted as they are (no copy).
-const DIRECT: usize = 1 << 20;
+/// Data extents at least this long are submitted as they are (no copy). Shorter ones are
+/// gathered: 1 GiB in 1 MiB extents took 3.78 s gathered into 4 MiB writes vs 4.08 s as 1 MiB
+/// aio writes (same queue depth, bluestore on this 2-core machine).
+const DIRECT: usize = 4 << 20;
 /// Zero runs that must be written go out in pieces of this size.
 const ZERO_CHUNK: usize = 4 << 20;
 /// Set before the config file is read (which may override them): fail a connect to a dead
@@ -180,7 +182,7 @@ impl RbdSink {
         self.writer.as_mut().ok_or_else(|| {
             Error::new(
                 ErrorKind::Internal,
-                "RBD sink: write before begin (the engine must call begin first)",
+                "RBD sink: write or finish before begin (the engine must call begin first)",
             )
         })
     }
