@@ -148,6 +148,27 @@ impl Encryptor {
     }
 }
 
+/// A spill store on an anonymous temporary file: created in the system temp directory and
+/// unlinked at once, so it disappears with the process whatever happens. Used only when an image
+/// places data before the table that maps it, bounded by `DecodeOptions::spill_limit`.
+fn spill_store() -> Result<Box<dyn decode::SpillStore>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        ".imgpipe-spill-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let store = decode::FileSpill::create(&path).map_err(|e| {
+        Error::io(
+            format!("cannot create the spill file {}", path.display()),
+            e,
+        )
+    })?;
+    let _ = std::fs::remove_file(&path);
+    Ok(Box::new(store))
+}
+
 /// Options of the disk stage.
 pub struct DiskOptions {
     /// The inspector (with the caller's policy); `None` skips inspection (trusted input only).
@@ -226,7 +247,7 @@ impl ImageToDisk {
         if self.opts_preserve {
             return Ok(Box::new(decode::RawDecoder::new(self.encrypt.is_none())));
         }
-        decode::decoder_for(format, &self.decode).map_err(map_decode)
+        decode::decoder_with_spill(format, &self.decode, spill_store()?).map_err(map_decode)
     }
 
     fn emit(&mut self, out: &mut Vec<SinkOp>) {
