@@ -9,7 +9,9 @@
 
 pub mod barbican;
 mod file_sink;
+pub mod glance;
 mod http;
+pub mod keystone;
 mod reader;
 
 pub use file_sink::{FileSink, FileZeroes};
