@@ -8,10 +8,12 @@
 //!   syncs the directory; on abort the `.part` is removed and the target is untouched.
 
 pub mod barbican;
+pub mod block;
 mod file_sink;
 pub mod glance;
 mod http;
 pub mod keystone;
+pub mod lvm;
 mod reader;
 
 pub use file_sink::{FileSink, FileZeroes};

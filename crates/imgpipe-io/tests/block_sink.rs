@@ -1,0 +1,564 @@
+//! Block-device sink against real loop devices (root, `losetup`): published content, zero
+//! policies over dirty devices, abort and SIGKILL leaving the first MiB zeroed, and refusal of
+//! devices that are mounted, exclusively held or too small.
+#![allow(clippy::unwrap_used)]
+
+mod block_support;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use block_support::{Loop, first_diff, loop_available, pseudo_random};
+use bytes::Bytes;
+use imgpipe_core::{DiskExtent, DiskInfo, ErrorKind, Sink};
+use imgpipe_io::block::{BlockSink, BlockZeroes, HELD_BACK};
+
+const MIB: u64 = 1 << 20;
+const DIRT: u8 = 0xA5;
+
+fn data(offset: u64, bytes: Vec<u8>) -> DiskExtent {
+    DiskExtent::Data {
+        offset,
+        data: Bytes::from(bytes),
+    }
+}
+
+fn zero(offset: u64, len: u64) -> DiskExtent {
+    DiskExtent::Zero { offset, len }
+}
+
+/// What the device must hold after `extents` were published over a device filled with DIRT:
+/// the held-back first MiB starts as zeros (wiped in `begin`), the rest keeps the dirt where no
+/// extent landed.
+fn expected(dev_size: u64, extents: &[DiskExtent]) -> Vec<u8> {
+    let mut want = vec![DIRT; dev_size as usize];
+    want[..HELD_BACK as usize].fill(0);
+    for e in extents {
+        let o = e.offset() as usize;
+        match e {
+            DiskExtent::Data { data, .. } => want[o..o + data.len()].copy_from_slice(data),
+            DiskExtent::Zero { len, .. } => want[o..o + *len as usize].fill(0),
+        }
+    }
+    want
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Extents exercising every path: head, head boundary, unaligned small data merged, large zero
+/// run over dirt (write-zeroes with unaligned edges), small zero run, data bigger than the
+/// combining buffer, two extents sharing one sector arriving in reverse order, and a disk that
+/// ends mid-sector.
+fn scenario(disk: u64) -> Vec<DiskExtent> {
+    let mut v = vec![
+        data(0, pseudo_random(1, 64 << 10)),
+        zero(256 << 10, 256 << 10),
+        data(MIB - 4096, pseudo_random(2, 12288)),
+    ];
+    let mut off = 2 * MIB + 100;
+    for i in 0..100 {
+        v.push(data(off, pseudo_random(10 + i, 3000)));
+        off += 3000;
+    }
+    v.push(zero(4 * MIB + 300, 8 * MIB - 223));
+    v.push(zero(13 * MIB, 1024));
+    v.push(zero(13 * MIB + 4096 + 7, 70_000));
+    v.push(data(14 * MIB, pseudo_random(3, 5 * MIB as usize)));
+    v.push(data(19 * MIB + 700, pseudo_random(4, 800)));
+    v.push(data(19 * MIB, pseudo_random(5, 700)));
+    v.push(data(disk - 1000, pseudo_random(6, 1000)));
+    v
+}
+
+async fn run(
+    dev: &Path,
+    zeroes: BlockZeroes,
+    info: DiskInfo,
+    extents: &[DiskExtent],
+) -> imgpipe_core::SinkReport {
+    let mut sink = Box::new(BlockSink::open(dev, zeroes).unwrap());
+    sink.begin(&info).await.unwrap();
+    for e in extents {
+        sink.write(e.clone()).await.unwrap();
+    }
+    sink.finish().await.unwrap()
+}
+
+#[test]
+fn verified_run_publishes_exactly_the_extents() {
+    if !loop_available("verified_run_publishes_exactly_the_extents") {
+        return;
+    }
+    let lo = Loop::new(24 * MIB);
+    lo.fill(DIRT);
+    let disk = 20 * MIB + 1000; // ends mid-sector: the tail sector is read-modify-written
+    let extents = scenario(disk);
+    let info = DiskInfo {
+        size: Some(disk),
+        encrypted: false,
+    };
+    let report = rt().block_on(run(&lo.dev, BlockZeroes::WriteZeroes, info, &extents));
+
+    let got = lo.read(0, lo.size() as usize);
+    let want = expected(lo.size(), &extents);
+    assert_eq!(first_diff(&got, &want), None, "device content differs");
+    // The bytes after the disk's end were not touched (still dirt).
+    assert!(got[disk as usize..].iter().all(|&b| b == DIRT));
+    // Zero runs over dirt read back zero (the whole 8 MiB run, not just its aligned middle).
+    assert!(
+        got[(4 * MIB + 300) as usize..(12 * MIB + 77) as usize]
+            .iter()
+            .all(|&b| b == 0)
+    );
+
+    let data_bytes: u64 = extents
+        .iter()
+        .filter(|e| matches!(e, DiskExtent::Data { .. }))
+        .map(|e| e.len())
+        .sum();
+    let zero_bytes: u64 = extents
+        .iter()
+        .filter(|e| matches!(e, DiskExtent::Zero { .. }))
+        .map(|e| e.len())
+        .sum();
+    assert_eq!(report.bytes_written, data_bytes);
+    assert_eq!(report.zero_bytes_written, zero_bytes);
+    assert_eq!(report.zero_bytes_skipped, 0);
+    assert_eq!(report.size, disk);
+    assert_eq!(report.zero_policy, "write-zeroes");
+    assert_eq!(report.target, lo.dev.display().to_string());
+}
+
+#[test]
+fn extent_sizes_do_not_change_the_result() {
+    if !loop_available("extent_sizes_do_not_change_the_result") {
+        return;
+    }
+    // One region crossing the held-back boundary, starting unaligned, cut into pieces of
+    // 7, 512, 4096, 65536 bytes and whole: the device must end up identical.
+    let lo = Loop::new(8 * MIB);
+    let start = MIB - 1000;
+    let content = pseudo_random(42, 3 * MIB as usize + 333);
+    let mut reference: Option<Vec<u8>> = None;
+    for piece in [7usize, 512, 4096, 65536, content.len()] {
+        lo.fill(DIRT);
+        let extents: Vec<DiskExtent> = content
+            .chunks(piece)
+            .enumerate()
+            .map(|(i, c)| data(start + (i * piece) as u64, c.to_vec()))
+            .collect();
+        let report = rt().block_on(run(
+            &lo.dev,
+            BlockZeroes::WriteZeroes,
+            DiskInfo::default(),
+            &extents,
+        ));
+        assert_eq!(report.bytes_written, content.len() as u64);
+        let got = lo.read(0, lo.size() as usize);
+        assert_eq!(
+            first_diff(&got, &expected(lo.size(), &extents)),
+            None,
+            "piece size {piece}"
+        );
+        match &reference {
+            None => reference = Some(got),
+            Some(r) => assert!(r == &got, "piece size {piece} gives a different device"),
+        }
+    }
+}
+
+#[test]
+fn skip_leaves_zero_runs_alone_and_discard_zeroes_them_on_loop() {
+    if !loop_available("skip_leaves_zero_runs_alone_and_discard_zeroes_them_on_loop") {
+        return;
+    }
+    let lo = Loop::new(16 * MIB);
+    let extents = vec![
+        data(2 * MIB, pseudo_random(7, 4096)),
+        zero(3 * MIB, 4 * MIB),
+        data(7 * MIB, pseudo_random(8, 4096)),
+    ];
+
+    // Skip: the caller vouched the device reads zeros; on a dirty device the dirt stays —
+    // proof that skip really skips (and why it is only for known-zero targets).
+    lo.fill(DIRT);
+    let r = rt().block_on(run(
+        &lo.dev,
+        BlockZeroes::Skip,
+        DiskInfo::default(),
+        &extents,
+    ));
+    assert_eq!((r.zero_bytes_skipped, r.zero_bytes_written), (4 * MIB, 0));
+    assert_eq!(r.zero_policy, "skip");
+    assert!(
+        lo.read(3 * MIB, 4 * MIB as usize)
+            .iter()
+            .all(|&b| b == DIRT)
+    );
+
+    // Discard on a loop device punches holes, which read zeros.
+    lo.fill(DIRT);
+    let sink = BlockSink::open(&lo.dev, BlockZeroes::Discard).unwrap();
+    assert!(
+        sink.warnings().is_empty(),
+        "loop discard is known to zero: {:?}",
+        sink.warnings()
+    );
+    drop(sink);
+    let r = rt().block_on(run(
+        &lo.dev,
+        BlockZeroes::Discard,
+        DiskInfo::default(),
+        &extents,
+    ));
+    assert_eq!((r.zero_bytes_skipped, r.zero_bytes_written), (0, 4 * MIB));
+    assert_eq!(r.zero_policy, "discard");
+    let got = lo.read(0, lo.size() as usize);
+    assert_eq!(first_diff(&got, &expected(lo.size(), &extents)), None);
+
+    // Under encryption zero runs never arrive; if one does it is still made to read zeros.
+    lo.fill(DIRT);
+    let info = DiskInfo {
+        size: None,
+        encrypted: true,
+    };
+    let r = rt().block_on(run(&lo.dev, BlockZeroes::Skip, info, &extents));
+    assert_eq!(r.zero_policy, "write-zeroes");
+    assert_eq!(r.zero_bytes_skipped, 0);
+    assert!(lo.read(3 * MIB, 4 * MIB as usize).iter().all(|&b| b == 0));
+}
+
+#[test]
+fn abort_at_the_end_wipes_the_first_mib_and_keeps_the_rest() {
+    if !loop_available("abort_at_the_end_wipes_the_first_mib_and_keeps_the_rest") {
+        return;
+    }
+    let lo = Loop::new(16 * MIB);
+    lo.fill(DIRT);
+    let head = pseudo_random(11, HELD_BACK as usize);
+    let body = pseudo_random(12, 6 * MIB as usize);
+    rt().block_on(async {
+        let mut sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap());
+        sink.begin(&DiskInfo {
+            size: Some(8 * MIB),
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+        sink.write(data(0, head.clone())).await.unwrap();
+        sink.write(data(MIB, body.clone())).await.unwrap();
+        // e.g. the digest did not match at the last byte
+        sink.abort().await.unwrap();
+    });
+    assert!(
+        lo.read(0, HELD_BACK as usize).iter().all(|&b| b == 0),
+        "first MiB not wiped"
+    );
+    // Data written before the abort stays (4 MiB went out when the combining buffer filled;
+    // what was still pending is dropped, never written) ...
+    assert_eq!(
+        first_diff(&lo.read(MIB, 4 * MIB as usize), &body[..4 * MIB as usize]),
+        None
+    );
+    // ... and nothing else was touched.
+    assert!(
+        lo.read(8 * MIB, 8 * MIB as usize)
+            .iter()
+            .all(|&b| b == DIRT)
+    );
+}
+
+#[test]
+fn abort_before_begin_leaves_the_device_untouched() {
+    if !loop_available("abort_before_begin_leaves_the_device_untouched") {
+        return;
+    }
+    let lo = Loop::new(4 * MIB);
+    lo.fill(DIRT);
+    let sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap());
+    rt().block_on(sink.abort()).unwrap();
+    assert!(lo.read(0, 4 * MIB as usize).iter().all(|&b| b == DIRT));
+}
+
+const CHILD_ENV: &str = "IMGPIPE_BLOCK_SIGKILL_CHILD";
+const READY: &str = "IMGPIPE-CHILD-READY";
+
+/// Not a test on its own: with `IMGPIPE_BLOCK_SIGKILL_CHILD=<device>` it is the child process
+/// of `sigkill_mid_run_leaves_the_first_mib_zeroed`: it writes a disk slowly and waits to be
+/// killed.
+#[test]
+fn sigkill_child() {
+    let Ok(dev) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    rt().block_on(async {
+        let mut sink =
+            Box::new(BlockSink::open(Path::new(&dev), BlockZeroes::WriteZeroes).unwrap());
+        sink.begin(&DiskInfo {
+            size: Some(12 * MIB),
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+        // A boot sector and partition table: held back, never reaches the device.
+        sink.write(data(0, vec![0x11; HELD_BACK as usize]))
+            .await
+            .unwrap();
+        // 8 MiB of body: at least 4 MiB is flushed to the device when the buffer fills.
+        for i in 0..8 {
+            sink.write(data(MIB + i * MIB, vec![0x22; MIB as usize]))
+                .await
+                .unwrap();
+        }
+        println!("{READY}");
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+}
+
+#[test]
+fn sigkill_mid_run_leaves_the_first_mib_zeroed() {
+    if !loop_available("sigkill_mid_run_leaves_the_first_mib_zeroed") {
+        return;
+    }
+    let lo = Loop::new(16 * MIB);
+    lo.fill(DIRT); // a previous, "bootable" disk
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigkill_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &lo.dev)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut ready = false;
+    for line in BufReader::new(stdout).lines() {
+        if line.unwrap().contains(READY) {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "child ended without writing");
+    child.kill().unwrap(); // SIGKILL: no destructor, no abort runs
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+
+    let head = lo.read(0, HELD_BACK as usize);
+    assert!(
+        head.iter().all(|&b| b == 0),
+        "first MiB not zero after SIGKILL"
+    );
+    // The child did write the body: the held-back head is the only reason the disk is unusable.
+    assert!(lo.read(MIB, 4 * MIB as usize).iter().all(|&b| b == 0x22));
+    assert!(
+        lo.read(12 * MIB, 4 * MIB as usize)
+            .iter()
+            .all(|&b| b == DIRT)
+    );
+}
+
+/// Mount guard: unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn refuses_a_mounted_device() {
+    if !loop_available("refuses_a_mounted_device") {
+        return;
+    }
+    let lo = Loop::new(16 * MIB);
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&lo.dev)
+        .status();
+    if !matches!(mkfs, Ok(s) if s.success()) {
+        eprintln!("SKIP refuses_a_mounted_device: mkfs.ext4 unavailable");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let st = Command::new("mount")
+        .arg(&lo.dev)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    if !st.success() {
+        if std::env::var("IMGPIPE_REQUIRE_ORACLES").as_deref() == Ok("1") {
+            panic!("mount failed and IMGPIPE_REQUIRE_ORACLES=1");
+        }
+        eprintln!("SKIP refuses_a_mounted_device: mount failed");
+        return;
+    }
+    let _m = Mounted(dir.path().to_path_buf());
+    let err = BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spec);
+    assert_eq!(err.check_name(), Some("block.mounted"));
+    assert!(err.message().contains("mounted at"), "{err}");
+    assert!(
+        err.message().contains(&dir.path().display().to_string()),
+        "{err}"
+    );
+}
+
+#[test]
+fn refuses_a_device_held_exclusively() {
+    if !loop_available("refuses_a_device_held_exclusively") {
+        return;
+    }
+    let lo = Loop::new(4 * MIB);
+    // A running imgpipe holds the device with O_EXCL: a second run must not write it too.
+    let first = BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap();
+    let err = BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap_err();
+    assert_eq!(err.check_name(), Some("block.exclusive"), "{err}");
+    drop(first);
+    // Someone else's exclusive open (as mount or device-mapper would hold it).
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&lo.dev)
+        .unwrap();
+    let err = BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap_err();
+    assert_eq!(err.check_name(), Some("block.exclusive"), "{err}");
+    assert!(err.message().contains("in use"), "{err}");
+    drop(holder);
+    BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap();
+}
+
+#[test]
+fn refuses_a_device_too_small_for_the_disk() {
+    if !loop_available("refuses_a_device_too_small_for_the_disk") {
+        return;
+    }
+    let lo = Loop::new(8 * MIB);
+    lo.fill(DIRT);
+    let err = rt().block_on(async {
+        let mut sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap());
+        assert_eq!(sink.device_size(), Some(8 * MIB));
+        assert_eq!(sink.logical_block_size(), Some(512));
+        let err = sink
+            .begin(&DiskInfo {
+                size: Some(16 * MIB),
+                encrypted: false,
+            })
+            .await
+            .unwrap_err();
+        sink.abort().await.unwrap();
+        err
+    });
+    assert_eq!(err.kind(), ErrorKind::LimitExceeded);
+    assert_eq!(err.check_name(), Some("block.device_size"));
+    assert!(
+        err.message().contains("16777216") && err.message().contains("8388608"),
+        "{err}"
+    );
+    // Refused before anything was written: not even the first MiB was wiped.
+    assert!(lo.read(0, 8 * MIB as usize).iter().all(|&b| b == DIRT));
+
+    // Size unknown up front: an extent past the end is refused when it arrives.
+    let err = rt().block_on(async {
+        let mut sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap());
+        sink.begin(&DiskInfo::default()).await.unwrap();
+        let err = sink
+            .write(data(8 * MIB - 512, vec![1; 1024]))
+            .await
+            .unwrap_err();
+        sink.abort().await.unwrap();
+        err
+    });
+    assert_eq!(err.check_name(), Some("block.device_size"), "{err}");
+}
+
+#[test]
+fn refuses_a_regular_file() {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let err = BlockSink::open(f.path(), BlockZeroes::WriteZeroes).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spec);
+    assert_eq!(err.check_name(), Some("block.not_block_device"));
+}
+
+/// Throughput of the sink vs `dd ... bs=4M oflag=direct` writing the same 1 GiB to the same
+/// loop device. Run with `cargo test -p imgpipe-io --test block_sink -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement: 1 GiB, prints figures"]
+fn throughput_vs_dd() {
+    if !loop_available("throughput_vs_dd") {
+        return;
+    }
+    use std::io::{Read, Write};
+    let size = 1u64 << 30;
+    let lo = Loop::new(size);
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = src_dir.path().join("src.raw");
+    {
+        let mut f = std::fs::File::create(&src).unwrap();
+        for i in 0..(size / (64 * MIB)) {
+            f.write_all(&pseudo_random(100 + i, 64 * MIB as usize))
+                .unwrap();
+        }
+    }
+    let chunk = std::env::var("IMGPIPE_BENCH_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(MIB as usize);
+    for round in 0..2 {
+        // Sink: read the (page-cached) file in chunks, write extents, finish (incl. syncs).
+        let t = std::time::Instant::now();
+        rt().block_on(async {
+            let mut sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap());
+            sink.begin(&DiskInfo {
+                size: Some(size),
+                encrypted: false,
+            })
+            .await
+            .unwrap();
+            let mut f = std::fs::File::open(&src).unwrap();
+            let mut off = 0u64;
+            loop {
+                let mut buf = vec![0u8; chunk];
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                sink.write(data(off, buf)).await.unwrap();
+                off += n as u64;
+            }
+            sink.finish().await.unwrap();
+        });
+        let sink_s = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let st = Command::new("dd")
+            .arg(format!("if={}", src.display()))
+            .arg(format!("of={}", lo.dev.display()))
+            .args(["bs=4M", "oflag=direct", "conv=fsync", "status=none"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let dd_s = t.elapsed().as_secs_f64();
+        let mib = size as f64 / MIB as f64;
+        println!(
+            "round {round}: sink {:.0} MiB/s ({sink_s:.2} s, {chunk}-byte extents), dd bs=4M oflag=direct conv=fsync {:.0} MiB/s ({dd_s:.2} s), sink/dd = {:.2}",
+            mib / sink_s,
+            mib / dd_s,
+            dd_s / sink_s
+        );
+    }
+}
