@@ -418,6 +418,70 @@ fn refuses_a_mounted_device() {
     );
 }
 
+/// A partition of the device is mounted: the whole device is refused, naming the partition.
+#[test]
+fn refuses_a_device_whose_partition_is_mounted() {
+    if !loop_available("refuses_a_device_whose_partition_is_mounted") {
+        return;
+    }
+    let lo = Loop::new(32 * MIB);
+    let mut sf = Command::new("sfdisk")
+        .args(["-q"])
+        .arg(&lo.dev)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn();
+    let Ok(child) = sf.as_mut() else {
+        eprintln!("SKIP refuses_a_device_whose_partition_is_mounted: sfdisk unavailable");
+        return;
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: dos\nstart=2048, type=83\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    // Make the kernel add the partition (loop devices are not partition-scanned by default).
+    let _ = Command::new("partx").args(["-a"]).arg(&lo.dev).status();
+    let part = std::path::PathBuf::from(format!("{}p1", lo.dev.display()));
+    for _ in 0..50 {
+        if part.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if !part.exists() {
+        eprintln!("SKIP refuses_a_device_whose_partition_is_mounted: no partition node appeared");
+        return;
+    }
+    assert!(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&part)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    if !Command::new("mount")
+        .arg(&part)
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success()
+    {
+        eprintln!("SKIP refuses_a_device_whose_partition_is_mounted: mount failed");
+        return;
+    }
+    let _m = Mounted(dir.path().to_path_buf());
+    let err = BlockSink::open(&lo.dev, BlockZeroes::WriteZeroes).unwrap_err();
+    assert_eq!(err.check_name(), Some("block.mounted"), "{err}");
+    let pname = part.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(err.message().contains(&pname), "{err}");
+}
+
 #[test]
 fn refuses_a_device_held_exclusively() {
     if !loop_available("refuses_a_device_held_exclusively") {
