@@ -578,6 +578,40 @@ impl Writer {
         Ok(end)
     }
 
+    /// Whether `write(e)` may do device I/O. When it cannot (the bytes only land in the held-back
+    /// head or in the combining buffer without filling it), the caller runs it inline instead of
+    /// paying a hop to the blocking pool for a memory copy.
+    fn needs_io(&self, e: &DiskExtent) -> bool {
+        if !self.begun {
+            return true;
+        }
+        let head = self.head.len() as u64;
+        let (off, len) = (e.offset(), e.len());
+        let Some(end) = off.checked_add(len) else {
+            return true;
+        };
+        if end <= head {
+            return false;
+        }
+        if let DiskExtent::Zero { .. } = e {
+            if self.zeroes == BlockZeroes::Skip {
+                return false;
+            }
+            if len > ZERO_INLINE_MAX {
+                return true;
+            }
+        }
+        let start = off.max(head);
+        let pos = if self.pend_end == self.pend_start {
+            start % self.dev.sector
+        } else if start == self.pend_end {
+            self.pend_end - self.pend_base
+        } else {
+            return true;
+        };
+        pos + (end - start) >= BUF as u64
+    }
+
     fn write(&mut self, extent: DiskExtent) -> Result<()> {
         if !self.begun {
             self.begin(&DiskInfo::default())?;
@@ -813,6 +847,11 @@ impl Sink for BlockSink {
     }
 
     async fn write(&mut self, extent: DiskExtent) -> Result<()> {
+        if let Some(w) = self.writer.as_mut()
+            && !w.needs_io(&extent)
+        {
+            return w.write(extent);
+        }
         self.with_writer(move |w| w.write(extent)).await
     }
 
