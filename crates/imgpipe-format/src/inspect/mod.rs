@@ -29,7 +29,7 @@
 //! use imgpipe_format::inspect::{Inspector, Policy, Status};
 //!
 //! // A qcow2 v3 header for a 1 GiB disk that names a backing file.
-//! let mut h = vec![0u8; 4096];
+//! let mut h = vec![0u8; 64 * 1024]; // enough to rule out an ISO around it (32 KiB + 6)
 //! h[..4].copy_from_slice(b"QFI\xfb");
 //! h[4..8].copy_from_slice(&3u32.to_be_bytes());
 //! h[8..16].copy_from_slice(&512u64.to_be_bytes()); // backing_file_offset
