@@ -17,7 +17,10 @@ use imgpipe_crypto::xts::{self, Xts};
 use imgpipe_format::decode::DecodeOptions;
 use imgpipe_format::inspect::{DEFAULT_MAX_VIRTUAL_SIZE, Inspector, Policy};
 use imgpipe_io::barbican::BarbicanClient;
+use imgpipe_io::block::{BlockSink, BlockZeroes};
+use imgpipe_io::lvm::{LvTarget, Lvm, LvmSink};
 use imgpipe_io::{FileSink, FileZeroes, HttpOptions, HttpSource, ReaderSource};
+use imgpipe_rbd::{RbdOptions, RbdSink, RbdZeroes};
 use imgpipe_spec::{
     ConvertFormat, EncryptFormat, EncryptSpec, SignatureSpec, SinkTarget, SourceSpec, Spec,
     ZeroPolicy,
@@ -328,7 +331,17 @@ pub fn encryptor(e: &EncryptSpec) -> Result<Encryptor> {
     }
 }
 
-fn open_sink(spec: &Spec) -> Result<Option<Box<dyn Sink>>> {
+/// Zero policy of block targets: a device or thick LV holds old data, so an unset policy means
+/// write-zeroes (unlike new files and RBD images, which read zeros where unwritten).
+fn block_zeroes(z: Option<ZeroPolicy>) -> BlockZeroes {
+    match z {
+        None | Some(ZeroPolicy::Write) => BlockZeroes::WriteZeroes,
+        Some(ZeroPolicy::Skip) => BlockZeroes::Skip,
+        Some(ZeroPolicy::Discard) => BlockZeroes::Discard,
+    }
+}
+
+async fn open_sink(spec: &Spec, warnings: &mut Vec<String>) -> Result<Option<Box<dyn Sink>>> {
     let Some(sink) = &spec.sink else {
         return Ok(None);
     };
@@ -340,9 +353,42 @@ fn open_sink(spec: &Spec) -> Result<Option<Box<dyn Sink>>> {
             };
             Box::new(FileSink::new(p, z)?)
         }
-        SinkTarget::Device(_) => return Err(unsupported("the block-device sink")),
-        SinkTarget::Lvm { .. } => return Err(unsupported("the LVM sink")),
-        SinkTarget::Rbd { .. } => return Err(unsupported("the RBD sink")),
+        SinkTarget::Device(p) => {
+            let s = BlockSink::open(p, block_zeroes(sink.zeroes))?;
+            warnings.extend(s.warnings());
+            Box::new(s)
+        }
+        SinkTarget::Lvm { vg, name, size } => {
+            let target = LvTarget::New {
+                vg: vg.clone(),
+                name: name.clone(),
+                size: *size,
+            };
+            let z = block_zeroes(sink.zeroes);
+            let s = tokio::task::spawn_blocking(move || LvmSink::open(Lvm::system(), target, z))
+                .await
+                .map_err(|e| {
+                    Error::new(ErrorKind::Internal, format!("LVM worker failed: {e}"))
+                })??;
+            Box::new(s)
+        }
+        SinkTarget::Rbd {
+            pool,
+            image,
+            conf,
+            id,
+        } => {
+            let mut o = RbdOptions::new(pool.clone(), image.clone());
+            o.conf = conf.clone();
+            o.id = id.clone();
+            // A new RBD image reads zeros where unwritten: skip and discard both leave them
+            // unwritten (ciphertext is always written by the sink).
+            o.zeroes = match sink.zeroes {
+                Some(ZeroPolicy::Write) => RbdZeroes::Write,
+                Some(ZeroPolicy::Skip | ZeroPolicy::Discard) | None => RbdZeroes::Skip,
+            };
+            Box::new(RbdSink::connect(o).await?)
+        }
     }))
 }
 
@@ -352,11 +398,11 @@ pub async fn build(spec: &Spec) -> Result<(Pipeline, Vec<String>)> {
     if spec.cache.is_some() {
         return Err(unsupported("[cache]"));
     }
-    let (mut observers, warnings) = verification(spec).await?;
+    let (mut observers, mut warnings) = verification(spec).await?;
     let encrypt = spec.encrypt.as_ref().map(encryptor).transpose()?;
     let source = open_source(spec).await?;
     let len = source.len_hint();
-    let sink = open_sink(spec)?;
+    let sink = open_sink(spec, &mut warnings).await?;
     let disk = match sink {
         Some(sink) => {
             let mut decode = DecodeOptions::default();
