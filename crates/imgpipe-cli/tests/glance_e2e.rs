@@ -242,17 +242,6 @@ fn glance_source_end_to_end() {
     let t = Instant::now();
     let r = run_spec(d, &spec(g, &id, Some(&barbican.url), &out));
     eprintln!("signed qcow2 run: {:.2} s", t.elapsed().as_secs_f64());
-    if r.json["reason"]
-        .as_str()
-        .is_some_and(|m| m.contains("Glance source is not implemented yet"))
-    {
-        // Until build.rs wires SourceSpec::Glance (see /work/notes/glance-wiring.md).
-        eprintln!(
-            "SKIP glance e2e: this build has no Glance source: {}",
-            r.json["reason"]
-        );
-        return;
-    }
     assert_eq!(r.code, 0, "{}\n{}", r.json, r.stderr);
     let passed: Vec<&str> = r.json["passed"]
         .as_array()

@@ -431,7 +431,12 @@ impl Spec {
                 .collect())
         })?;
         let mut p = Problems::default();
-        let spec = Reader { base, p: &mut p }.spec(&root);
+        let spec = Reader {
+            base,
+            p: &mut p,
+            glance_source: false,
+        }
+        .spec(&root);
         if p.0.is_empty() {
             spec.ok_or_else(|| err(vec![]))
         } else {
@@ -444,6 +449,8 @@ impl Spec {
 struct Reader<'a> {
     base: &'a Path,
     p: &'a mut Problems,
+    /// The source is `[source.glance]`: signature properties may come from the image record.
+    glance_source: bool,
 }
 
 const TOP: &[&str] = &[
@@ -463,7 +470,11 @@ impl Reader<'_> {
     fn spec(&mut self, root: &tree::Node) -> Option<Spec> {
         let mut t = Table::root(root, self.p)?;
         let (source, retry) = match t.table("source", self.p) {
-            Some(s) => self.source(s),
+            Some(s) => {
+                let r = self.source(s);
+                self.glance_source = matches!(r.0, Some(SourceSpec::Glance(_)));
+                r
+            }
             None => {
                 if !t.has("source") {
                     self.p.add(
@@ -753,16 +764,29 @@ impl Reader<'_> {
     }
 
     fn signature(&mut self, mut t: Table<'_>) -> Option<SignatureSpec> {
+        let glance = self.glance_source;
         let p = &mut *self.p;
         let mut s = SignatureSpec::default();
+        // With a Glance source the three properties (and the certificate id) come from the
+        // image record unless all are given here.
+        let mut given = 0;
+        let mut missing = Vec::new();
         for (key, slot) in [
             ("signature", &mut s.signature),
             ("hash_method", &mut s.hash_method),
             ("key_type", &mut s.key_type),
         ] {
             match t.string(key, p) {
-                Some(v) => *slot = v,
-                None => p.add(&t.path(key), t.line, format!("missing {key}")),
+                Some(v) => {
+                    *slot = v;
+                    given += 1;
+                }
+                None => missing.push(key),
+            }
+        }
+        if !(glance && given == 0) {
+            for key in missing {
+                p.add(&t.path(key), t.line, format!("missing {key}"));
             }
         }
         let cert = t.string("certificate", p);
@@ -780,7 +804,9 @@ impl Reader<'_> {
             })
         });
         let trusted = t.strings("trusted_certificates", p).unwrap_or_default();
-        if cert.is_some() == s.certificate_uuid.is_some() {
+        if (cert.is_some() && s.certificate_uuid.is_some())
+            || (cert.is_none() && s.certificate_uuid.is_none() && !(glance && given == 0))
+        {
             p.add(
                 &t.path("certificate"),
                 t.line,

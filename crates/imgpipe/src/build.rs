@@ -18,12 +18,14 @@ use imgpipe_format::decode::DecodeOptions;
 use imgpipe_format::inspect::{DEFAULT_MAX_VIRTUAL_SIZE, Inspector, Policy};
 use imgpipe_io::barbican::BarbicanClient;
 use imgpipe_io::block::{BlockSink, BlockZeroes};
+use imgpipe_io::glance::{GlanceClient, GlanceImage};
+use imgpipe_io::keystone::PasswordAuth;
 use imgpipe_io::lvm::{LvTarget, Lvm, LvmSink};
 use imgpipe_io::{FileSink, FileZeroes, HttpOptions, HttpSource, ReaderSource};
 use imgpipe_rbd::{RbdOptions, RbdSink, RbdZeroes};
 use imgpipe_spec::{
-    ConvertFormat, EncryptFormat, EncryptSpec, SignatureSpec, SinkTarget, SourceSpec, Spec,
-    ZeroPolicy,
+    BarbicanSpec, ConvertFormat, EncryptFormat, EncryptSpec, GlanceSpec, SignatureSpec, SinkTarget,
+    SourceSpec, Spec, ZeroPolicy,
 };
 
 use crate::disk::{DiskOptions, Encryptor, ImageToDisk};
@@ -56,7 +58,205 @@ pub async fn open_source(spec: &Spec) -> Result<Box<dyn Source>> {
             s.connect().await?;
             Box::new(s)
         }
-        SourceSpec::Glance(_) => return Err(unsupported("the Glance source")),
+        SourceSpec::Glance(_) => {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "a Glance source is opened by build() after its record is fetched",
+            ));
+        }
+    })
+}
+
+fn http_options(spec: &Spec) -> HttpOptions {
+    HttpOptions {
+        attempts: spec.retry.attempts,
+        stall_timeout: spec.retry.stall_timeout,
+        backoff: spec.retry.backoff,
+        ..Default::default()
+    }
+}
+
+/// A Glance source after its record was fetched: the client, the record, and the token (for
+/// Barbican when it came from Keystone).
+pub struct GlancePrepared {
+    /// Client for the data.
+    pub client: GlanceClient,
+    /// The image record (active).
+    pub image: GlanceImage,
+    /// The spec with the record's declarations merged in.
+    pub spec: Spec,
+    /// The Glance token: also sent to Barbican unless `[verify.signature.barbican]` names
+    /// its own `token_env`.
+    pub token: Option<String>,
+}
+
+fn env_secret(var: &str, what: &str) -> Result<String> {
+    std::env::var(var).map_err(|_| {
+        Error::new(
+            ErrorKind::Spec,
+            format!("{what}: environment variable {var} is not set"),
+        )
+    })
+}
+
+/// Fetch the Glance record before streaming and merge it into the spec: the declared
+/// `disk_format`, `size`, `os_hash_algo`/`os_hash_value`, `checksum` and the `img_signature*`
+/// properties. Spec values win where given; a record value the spec contradicts is still
+/// checked (never weakened) or refused up front.
+pub async fn prepare_glance(spec: &Spec, g: &GlanceSpec) -> Result<GlancePrepared> {
+    let opts = http_options(spec);
+    let mut token = match &g.token_env {
+        Some(var) => Some(env_secret(var, "[source.glance] token_env")?),
+        None => None,
+    };
+    let mut key_manager: Option<String> = None;
+    let client = match (&g.keystone, token.is_some()) {
+        (Some(k), false) => {
+            let auth = PasswordAuth {
+                auth_url: k.auth_url.clone(),
+                username: k.username.clone(),
+                password: env_secret(&k.password_env, "[source.glance.keystone] password_env")?,
+                project_name: k.project_name.clone(),
+                user_domain_name: k.user_domain_name.clone(),
+                project_domain_name: k.project_domain_name.clone(),
+            };
+            let (c, catalog, t) =
+                GlanceClient::from_keystone(&auth, g.endpoint.as_deref(), opts).await?;
+            key_manager = catalog
+                .endpoint("key-manager", "public", None)
+                .map(str::to_string);
+            token = Some(t.into_string());
+            c
+        }
+        _ => {
+            let ep = g.endpoint.as_deref().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Spec,
+                    "[source.glance] needs endpoint or keystone",
+                )
+            })?;
+            GlanceClient::with_options(ep, token.clone(), opts)?
+        }
+    };
+    let image = client.image(&g.image_id).await?;
+    let mut eff = spec.clone();
+
+    // Declared format: the record's unless the spec names one; a contradiction is refused.
+    if let Some(df) = &image.disk_format {
+        let declared: imgpipe_format::Format = df.parse().map_err(|_| {
+            Error::check(
+                ErrorKind::FormatMismatch,
+                "glance.disk_format",
+                format!(
+                    "Glance image {} has disk_format {df:?}, which imgpipe cannot handle",
+                    image.id
+                ),
+            )
+        })?;
+        match eff.inspect.disk_format {
+            None => eff.inspect.disk_format = Some(declared),
+            Some(f) if f != declared => {
+                return Err(Error::check(
+                    ErrorKind::FormatMismatch,
+                    "glance.disk_format",
+                    format!(
+                        "the spec declares {} but Glance image {} has disk_format {df:?}",
+                        f.name(),
+                        image.id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    // Size: checked at the end of the stream; a contradiction is refused now.
+    match (eff.verify.size, image.size) {
+        (None, s) => eff.verify.size = s,
+        (Some(a), Some(b)) if a != b => {
+            return Err(Error::check(
+                ErrorKind::SizeMismatch,
+                "glance.size",
+                format!(
+                    "the spec expects {a} bytes but Glance image {} has size {b}",
+                    image.id
+                ),
+            ));
+        }
+        _ => {}
+    }
+    // Multihash: the record's unless the spec gives its own; then the record's is checked too.
+    match (
+        &eff.verify.os_hash_value,
+        &image.os_hash_algo,
+        &image.os_hash_value,
+    ) {
+        (None, a, v) => {
+            eff.verify.os_hash_algo = a.clone();
+            eff.verify.os_hash_value = v.clone();
+        }
+        (Some(_), Some(a), Some(v)) => {
+            if let Ok(algo) = a.parse::<Algorithm>() {
+                eff.verify.digests.push((algo, v.clone()));
+            }
+        }
+        _ => {}
+    }
+    match (&eff.verify.checksum, &image.checksum) {
+        (None, c) => eff.verify.checksum = c.clone(),
+        (Some(mine), Some(c)) if mine != c => {
+            eff.verify.digests.push((Algorithm::Md5, c.clone()));
+        }
+        _ => {}
+    }
+    // Signature: the record's properties fill a [verify.signature] that gives none; with no
+    // [verify.signature] table, a signed image is still verified when a key manager is known.
+    let barbican_default = || -> Option<BarbicanSpec> {
+        key_manager.clone().map(|endpoint| BarbicanSpec {
+            endpoint,
+            token_env: None,
+        })
+    };
+    let record_sig = image.signature()?;
+    match (&mut eff.verify.signature, record_sig) {
+        (Some(s), Some(r)) if s.signature.is_empty() => {
+            s.signature = r.signature;
+            s.hash_method = r.hash_method;
+            s.key_type = r.key_type;
+            if s.certificate.is_none() && s.certificate_uuid.is_none() {
+                s.certificate_uuid = Some(r.certificate_uuid);
+            }
+            if s.barbican.is_none() {
+                s.barbican = barbican_default();
+            }
+        }
+        (Some(s), None) if s.signature.is_empty() => {
+            return Err(Error::check(
+                ErrorKind::BadSignature,
+                "signature.missing",
+                format!(
+                    "[verify.signature] asks for a signature check but Glance image {} has no \
+                     img_signature properties",
+                    image.id
+                ),
+            ));
+        }
+        (None, Some(r)) => {
+            eff.verify.signature = Some(SignatureSpec {
+                signature: r.signature,
+                hash_method: r.hash_method,
+                key_type: r.key_type,
+                certificate_uuid: Some(r.certificate_uuid),
+                barbican: barbican_default(),
+                ..Default::default()
+            });
+        }
+        _ => {}
+    }
+    Ok(GlancePrepared {
+        client,
+        image,
+        spec: eff,
+        token,
     })
 }
 
@@ -108,6 +308,7 @@ fn load_cert_paths(paths: &[std::path::PathBuf]) -> Result<Vec<openssl::x509::X5
 async fn signature_verifier(
     s: &SignatureSpec,
     warnings: &mut Vec<String>,
+    default_token: Option<&str>,
 ) -> Result<SignatureVerifier> {
     let props = SignatureProperties {
         signature: s.signature.clone(),
@@ -118,7 +319,11 @@ async fn signature_verifier(
     let certs = match (&s.certificate, &s.certificate_uuid, &s.barbican) {
         (Some(path), _, _) => load_cert_paths(std::slice::from_ref(path))?,
         (None, Some(uuid), Some(b)) => {
-            let token = std::env::var(b.token_env.as_deref().unwrap_or("OS_AUTH_TOKEN")).ok();
+            let token = match (&b.token_env, default_token) {
+                (Some(var), _) => std::env::var(var).ok(),
+                (None, Some(t)) => Some(t.to_string()),
+                (None, None) => std::env::var("OS_AUTH_TOKEN").ok(),
+            };
             BarbicanClient::new(&b.endpoint, token)?
                 .fetch_certificate(uuid)
                 .await?
@@ -155,6 +360,15 @@ async fn signature_verifier(
 /// The image-byte observers a spec asks for: one hasher per algorithm (shared by expected
 /// digests and the signature), the size check, and warnings to report.
 pub async fn verification(spec: &Spec) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
+    verification_with_token(spec, None).await
+}
+
+/// [`verification`], with the token to send to Barbican when the spec names no `token_env`
+/// (the Glance token).
+pub async fn verification_with_token(
+    spec: &Spec,
+    barbican_token: Option<&str>,
+) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
     let v = &spec.verify;
     let mut warnings = Vec::new();
     let mut hashers: Vec<HashObserver> = Vec::new();
@@ -190,7 +404,7 @@ pub async fn verification(spec: &Spec) -> Result<(Vec<Box<dyn Observer>>, Vec<St
         }
     }
     if let Some(s) = &v.signature {
-        let verifier = signature_verifier(s, &mut warnings).await?;
+        let verifier = signature_verifier(s, &mut warnings, barbican_token).await?;
         hasher(&mut hashers, verifier.hash_algorithm()).verify_signature(verifier);
     }
     for a in &v.report {
@@ -398,9 +612,22 @@ pub async fn build(spec: &Spec) -> Result<(Pipeline, Vec<String>)> {
     if spec.cache.is_some() {
         return Err(unsupported("[cache]"));
     }
-    let (mut observers, mut warnings) = verification(spec).await?;
+    let glance = match &spec.source {
+        SourceSpec::Glance(g) => Some(prepare_glance(spec, g).await?),
+        _ => None,
+    };
+    let spec = glance.as_ref().map_or(spec, |g| &g.spec);
+    let token = glance.as_ref().and_then(|g| g.token.as_deref());
+    let (mut observers, mut warnings) = verification_with_token(spec, token).await?;
     let encrypt = spec.encrypt.as_ref().map(encryptor).transpose()?;
-    let source = open_source(spec).await?;
+    let source: Box<dyn Source> = match &glance {
+        Some(g) => {
+            let mut s = g.client.source(&g.image.id)?;
+            s.connect().await?;
+            Box::new(s)
+        }
+        None => open_source(spec).await?,
+    };
     let len = source.len_hint();
     let sink = open_sink(spec, &mut warnings).await?;
     let disk = match sink {
