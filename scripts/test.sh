@@ -21,6 +21,8 @@ command -v xorriso >/dev/null || need+=(xorriso)
 command -v genisoimage >/dev/null || need+=(genisoimage)
 command -v sfdisk >/dev/null || need+=(fdisk)
 command -v sgdisk >/dev/null || need+=(gdisk)
+command -v lvcreate >/dev/null || need+=(lvm2)
+command -v losetup >/dev/null || need+=(mount)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
@@ -31,22 +33,29 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Single-node Ceph daemons + librbd-dev for the RBD sink (its own idempotent installer).
+step "ceph packages"
+scripts/services/ceph.sh install
+
 # 2. Oracle venv -----------------------------------------------------------------------------
 step "python oracle venv (oslo.utils, cursive, cryptography, glanceclient)"
 IMGPIPE_ORACLE_PYTHON="$(scripts/oracle-venv.sh)"
 export IMGPIPE_ORACLE_PYTHON
 export IMGPIPE_REQUIRE_ORACLES=1
 
+# Everything is built once, with the real RBD sink (librbd) enabled.
+FEATURES="--features imgpipe-rbd/librbd,imgpipe/rbd,imgpipe-cli/rbd"
+
 # 3. Static checks ---------------------------------------------------------------------------
 step "cargo fmt --check"
 cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked $FEATURES -- -D warnings
 
 # 4. Tests -----------------------------------------------------------------------------------
 step "cargo test"
 mkdir -p target
-if ! cargo test --workspace --locked 2>&1 | tee target/test-output.txt | grep -vE '^test .* \.\.\. ok$'; then
+if ! cargo test --workspace --locked $FEATURES 2>&1 | tee target/test-output.txt | grep -vE '^test .* \.\.\. ok$'; then
   echo "cargo test failed"; exit 1
 fi
 read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i ~ /^passed;?$/)p+=$(i-1); if($i ~ /^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' target/test-output.txt)
