@@ -1,0 +1,291 @@
+//! The verified image cache.
+//!
+//! Nova's image cache trusts a file because it exists. Here verification is a property of
+//! every use:
+//!
+//! - **Miss** ([`Entry::Fill`]): the source stream is teed into `<id>.part` by an extra
+//!   [`Observer`](imgpipe_core::Observer) ([`Fill::tee`]) while the same pass inspects, hashes,
+//!   verifies the signature, decodes and writes the instance disk. Only when the run succeeded
+//!   does [`Fill::finish`] publish: fsync, rename to `<id>.data`, then write the sidecar
+//!   `<id>.json` (format, virtual size, every digest, signature record) atomically. The sidecar
+//!   is the commit point: without it an entry does not exist.
+//! - **Hit** ([`Entry::Hit`]): the cached bytes stream through the same inspector, hashers and
+//!   signature verifier on their way to the sink. [`Hit::spec`] adds the sidecar's strongest
+//!   digest and size as expectations (on top of the request's own), so tampering or bit rot is
+//!   rejected in the same pass before the sink publishes; the request's certificate policy is
+//!   checked before streaming as on a miss, because the request's own signature settings build
+//!   the verifier.
+//! - **Single flight**: a per-entry lock (`flock` on `<id>.lock`, plus an in-process layer)
+//!   makes concurrent requests for one image — threads or processes sharing the directory —
+//!   download once; the others wait, then read the verified entry.
+//! - **Crash safety**: a killed filler leaves at most `<id>.part`, `<id>.json.tmp` or a data
+//!   file without sidecar; none is ever taken for an entry, and the next lock holder (or
+//!   [`Cache::open`], [`Cache::prune`]) removes them.
+//! - **Eviction** by last use (the data file's mtime, set on every hit) and total size
+//!   ([`Cache::evict`]), skipping entries in use.
+//!
+//! Mode `raw` (caching the decoded disk, like Nova's `force_raw_images`) is refused: the
+//! decoded disk cannot be re-verified against the image digests or signature on a hit, which is
+//! the point of this cache; decoding on every use is cheap in comparison to hashing.
+
+mod entry;
+mod lock;
+mod maint;
+mod sidecar;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use imgpipe_core::{Error, ErrorKind, Result};
+use imgpipe_crypto::hash::{self, Algorithm};
+use imgpipe_spec::{CacheSpec, SourceSpec, Spec};
+
+pub use entry::{CacheTee, CachedSource, Entry, Fill, FillOutcome, Hit, HitDone, HitOutcome, Pins};
+pub use maint::{EntryInfo, EntryState, EvictPolicy, EvictReport, PruneReport, VerifyResult};
+pub use sidecar::{SIDECAR_VERSION, Sidecar, SignatureRecord, is_strong};
+
+use lock::Mode;
+
+/// The identity of a cached image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// Entry id: lowercase hex SHA-256 of the key material; names the files.
+    pub id: String,
+    /// Human label (`glance:<image id>`, the URL, the path), never credentials.
+    pub label: String,
+}
+
+/// The files of one entry.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub lock: PathBuf,
+    pub part: PathBuf,
+    pub data: PathBuf,
+    pub sidecar: PathBuf,
+    pub sidecar_tmp: PathBuf,
+}
+
+/// A cache directory and its bounds.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+    max_size: Option<u64>,
+    max_age: Option<Duration>,
+}
+
+pub(crate) fn io_err(what: impl std::fmt::Display, path: &Path, e: std::io::Error) -> Error {
+    Error::io(format!("cache: {what} {}", path.display()), e)
+}
+
+pub(crate) fn is_id(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl Cache {
+    /// Open (creating) the cache directory and remove stale partial files left by killed
+    /// fillers (only those whose entry lock is free).
+    ///
+    /// # Errors
+    /// `Unsupported` for `mode = "raw"`; `Io` when the directory cannot be created or read.
+    pub fn open(spec: &CacheSpec) -> Result<Cache> {
+        if spec.raw {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "cache mode \"raw\" is not supported: a decoded disk cannot be re-verified \
+                 against the image digests and signature on every use; use mode = \"original\"",
+            ));
+        }
+        std::fs::create_dir_all(&spec.dir).map_err(|e| io_err("cannot create", &spec.dir, e))?;
+        let dir = spec
+            .dir
+            .canonicalize()
+            .map_err(|e| io_err("cannot resolve", &spec.dir, e))?;
+        let cache = Cache {
+            dir,
+            max_size: spec.max_size,
+            max_age: spec.max_age,
+        };
+        cache.prune()?;
+        Ok(cache)
+    }
+
+    /// The (canonical) cache directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The configured bounds as an eviction policy (now = the current time).
+    pub fn policy(&self) -> EvictPolicy {
+        EvictPolicy {
+            max_size: self.max_size,
+            max_age: self.max_age,
+            now: std::time::SystemTime::now(),
+        }
+    }
+
+    pub(crate) fn paths(&self, id: &str) -> Paths {
+        let f = |ext: &str| self.dir.join(format!("{id}.{ext}"));
+        Paths {
+            lock: f("lock"),
+            part: f("part"),
+            data: f("data"),
+            sidecar: f("json"),
+            sidecar_tmp: f("json.tmp"),
+        }
+    }
+
+    /// The key of the image a spec reads, or `None` when it cannot be cached (stdin).
+    ///
+    /// - Glance: the image id alone (Glance image data is immutable once active; endpoint and
+    ///   token do not change the bytes), as Nova keys `_base`.
+    /// - URL / path: the URL (query included) or canonical path, plus every expected digest the
+    ///   spec gives (`[verify]` digests, `os_hash_value`, `checksum`), so a new expectation
+    ///   makes a new entry rather than a permanently failing hit. Without any expected digest
+    ///   the first fill's bytes are pinned under that name.
+    pub fn key_for(&self, spec: &Spec) -> Option<CacheKey> {
+        let (mut material, label) = match &spec.source {
+            SourceSpec::Stdin => return None,
+            SourceSpec::Glance(g) => (
+                format!("glance\n{}\n", g.image_id),
+                format!("glance:{}", g.image_id),
+            ),
+            SourceSpec::Http { url, .. } => (format!("url\n{url}\n"), url.clone()),
+            SourceSpec::File(p) => {
+                let c = p.canonicalize().unwrap_or_else(|_| p.clone());
+                (format!("file\n{}\n", c.display()), c.display().to_string())
+            }
+        };
+        if !matches!(spec.source, SourceSpec::Glance(_)) {
+            let v = &spec.verify;
+            let mut d: Vec<String> = v
+                .digests
+                .iter()
+                .map(|(a, h)| format!("{a} {}", h.trim().to_ascii_lowercase()))
+                .collect();
+            if let Some(h) = &v.os_hash_value {
+                d.push(format!(
+                    "os_hash {} {}",
+                    v.os_hash_algo.as_deref().unwrap_or("sha512"),
+                    h.trim().to_ascii_lowercase()
+                ));
+            }
+            if let Some(h) = &v.checksum {
+                d.push(format!("checksum {}", h.trim().to_ascii_lowercase()));
+            }
+            d.sort();
+            d.dedup();
+            for x in d {
+                material.push_str(&x);
+                material.push('\n');
+            }
+        }
+        let id = sidecar::hex(&hash::digest(
+            Algorithm::Sha256,
+            format!("imgpipe-cache/1 original\n{material}").as_bytes(),
+        ));
+        Some(CacheKey { id, label })
+    }
+
+    /// Find a published entry (and hold it shared for the run) or become the one filler.
+    ///
+    /// Waits while another thread or process fills the same key; when that fill published,
+    /// returns a [`Entry::Hit`] on its result; when it was abandoned, one waiter becomes the
+    /// next filler. Stale partial files of the key are removed before a fill starts.
+    ///
+    /// # Errors
+    /// `Io` when the lock or the entry's files cannot be used.
+    pub async fn lookup_or_fill(&self, key: &CacheKey) -> Result<Entry> {
+        let p = self.paths(&key.id);
+        loop {
+            let shared = lock::acquire(&p.lock, Mode::Shared)
+                .await
+                .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+            if let Some(sc) = self.read_complete(&p, &key.id) {
+                return Ok(Entry::Hit(Hit::new(self, key.clone(), p, sc, shared)));
+            }
+            drop(shared);
+            let excl = lock::acquire(&p.lock, Mode::Exclusive)
+                .await
+                .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+            if self.read_complete(&p, &key.id).is_some() {
+                // Someone published while we waited: read it under a shared lock.
+                drop(excl);
+                continue;
+            }
+            self.clear_files(&p, false)?;
+            return Fill::new(self, key.clone(), p, excl).map(Entry::Fill);
+        }
+    }
+
+    /// [`Self::key_for`] then [`Self::lookup_or_fill`]; `None` when the source cannot be cached.
+    ///
+    /// # Errors
+    /// As [`Self::lookup_or_fill`].
+    pub async fn lookup(&self, spec: &Spec) -> Result<Option<Entry>> {
+        match self.key_for(spec) {
+            Some(k) => self.lookup_or_fill(&k).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The sidecar when the entry is complete: sidecar parses, names this id, and the data file
+    /// exists. Anything else is "no entry" (a filler under the exclusive lock cleans it up).
+    pub(crate) fn read_complete(&self, p: &Paths, id: &str) -> Option<Sidecar> {
+        let text = std::fs::read(&p.sidecar).ok()?;
+        let sc: Sidecar = serde_json::from_slice(&text).ok()?;
+        if sc.id != id
+            || sc.version != SIDECAR_VERSION
+            || sc.mode != "original"
+            || sc.strong_digests().is_empty()
+        {
+            return None;
+        }
+        let meta = std::fs::metadata(&p.data).ok()?;
+        meta.is_file().then_some(sc)
+    }
+
+    /// Remove an entry's files (the caller holds its exclusive lock). The sidecar goes first,
+    /// so a crash midway leaves an incomplete entry, never a complete one with missing data.
+    pub(crate) fn clear_files(&self, p: &Paths, lock_too: bool) -> Result<()> {
+        let mut list = vec![&p.sidecar, &p.sidecar_tmp, &p.data, &p.part];
+        if lock_too {
+            list.push(&p.lock);
+        }
+        for f in list {
+            match std::fs::remove_file(f) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot remove", f, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove one entry now, waiting for its current users. `Ok(false)`: there was none.
+    ///
+    /// # Errors
+    /// `Io` when its files cannot be removed.
+    pub async fn discard(&self, id: &str) -> Result<bool> {
+        if !is_id(id) {
+            return Ok(false);
+        }
+        let p = self.paths(id);
+        if !p.lock.exists() && !p.sidecar.exists() && !p.data.exists() {
+            return Ok(false);
+        }
+        let l = lock::acquire(&p.lock, Mode::Exclusive)
+            .await
+            .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+        let existed = p.sidecar.exists() || p.data.exists() || p.part.exists();
+        self.clear_files(&p, true)?;
+        drop(l);
+        Ok(existed)
+    }
+}
+
+/// fsync a directory so renames and unlinks in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err("cannot sync directory", dir, e))
+}
