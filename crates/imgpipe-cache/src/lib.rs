@@ -109,6 +109,22 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Use an existing cache directory as it is (no creation, no pruning): for inspection
+    /// tools (`imgpipe cache list`) that must show stale leftovers rather than remove them.
+    ///
+    /// # Errors
+    /// `Io` when the directory does not exist.
+    pub fn open_dir(dir: &Path) -> Result<Cache> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| io_err("cannot open cache directory", dir, e))?;
+        Ok(Cache {
+            dir,
+            max_size: None,
+            max_age: None,
+        })
+    }
+
     /// The (canonical) cache directory.
     pub fn dir(&self) -> &Path {
         &self.dir
