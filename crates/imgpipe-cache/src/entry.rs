@@ -269,6 +269,37 @@ pub struct CacheTee {
     state: Arc<Mutex<TeeState>>,
     end: u64,
     failed: bool,
+    /// Bytes before this offset were handed to writeback (`sync_file_range`).
+    flushed: u64,
+    /// Bytes before this offset are on disk.
+    settled: u64,
+}
+
+/// Writeback window: start writing back every this many bytes, so the final fsync has little
+/// left to do and the cache copy does not fill the page cache (measured: a plain buffered
+/// write + final fsync made a cold run 1.3x slower than an uncached one).
+const WRITEBACK_WINDOW: u64 = 8 << 20;
+
+/// Start writeback of `[off, off+len)`; with `wait`, also wait for it (bounds dirty pages;
+/// the pages stay cached so a hit soon after reads from memory).
+/// Advisory: errors are ignored here (the final `fsync` reports real write failures).
+fn writeback(file: &File, off: u64, len: u64, wait: bool) {
+    use std::os::fd::AsRawFd;
+    let (Ok(o), Ok(l)) = (libc::off64_t::try_from(off), libc::off64_t::try_from(len)) else {
+        return;
+    };
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    // SAFETY: the descriptor is owned by `file` and stays open for the call; the call only
+    // takes integers and touches no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), o, l, flags);
+    }
 }
 
 impl CacheTee {
@@ -294,6 +325,15 @@ impl Observer for CacheTee {
             return Ok(());
         }
         self.end = self.end.max(chunk.end());
+        // Sequential streams: keep one window in flight, settle the one before it.
+        if self.end >= self.flushed + WRITEBACK_WINDOW {
+            writeback(&self.file, self.flushed, self.end - self.flushed, false);
+            if self.flushed > self.settled {
+                writeback(&self.file, self.settled, self.flushed - self.settled, true);
+                self.settled = self.flushed;
+            }
+            self.flushed = self.end;
+        }
         Ok(())
     }
 
@@ -392,6 +432,8 @@ impl Fill {
             state: self.state.clone(),
             end: 0,
             failed: false,
+            flushed: 0,
+            settled: 0,
         }))
     }
 
