@@ -24,6 +24,7 @@
 
 use std::time::Duration;
 
+use crate::error_chain;
 use imgpipe_core::{Error, ErrorKind, Result};
 use imgpipe_crypto::signature::{MAX_CERTIFICATE_BYTES, load_certificates};
 use openssl::x509::X509;
@@ -378,21 +379,6 @@ fn printable(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// `e` and its causes joined with `: ` (reqwest's own message alone is terse).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

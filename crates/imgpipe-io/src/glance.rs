@@ -29,6 +29,7 @@
 
 use std::time::Duration;
 
+use crate::error_chain;
 use imgpipe_core::{Error, ErrorKind, Result};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderValue};
@@ -583,21 +584,6 @@ pub(crate) async fn read_capped(
 fn printable(s: &str) -> String {
     let t: String = s.chars().take(128).flat_map(char::escape_debug).collect();
     format!("\"{t}\"")
-}
-
-/// `e` and its causes joined with `: `.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

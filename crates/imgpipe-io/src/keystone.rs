@@ -287,7 +287,7 @@ fn unavailable(message: String) -> Error {
 }
 
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    crate::glance::error_chain(e)
+    crate::error_chain(e)
 }
 
 #[cfg(test)]

@@ -23,3 +23,18 @@ pub use reader::ReaderSource;
 /// Default chunk size of sources: large enough that per-chunk overhead is noise, small enough
 /// that a few chunks in flight per stage keep memory low.
 pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// `e` and its causes joined with `: ` (reqwest's own message alone is terse).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
+}

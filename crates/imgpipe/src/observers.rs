@@ -58,7 +58,7 @@ impl Observer for HashObserver {
     fn finish(self: Box<Self>, _total: u64) -> Result<Vec<Finding>> {
         let algo = self.hasher.algorithm();
         let digest = self.hasher.finish();
-        let hex = hex_lower(&digest);
+        let hex = hex::encode(&digest);
         let mut out = vec![Finding::Digest {
             algorithm: algo.name().into(),
             hex: hex.clone(),
@@ -92,16 +92,6 @@ impl Observer for HashObserver {
         }
         Ok(out)
     }
-}
-
-pub(crate) fn hex_lower(b: &[u8]) -> String {
-    const H: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(H[(x >> 4) as usize] as char);
-        s.push(H[(x & 15) as usize] as char);
-    }
-    s
 }
 
 /// Checks the exact byte count; rejects as soon as the stream is longer than expected.
