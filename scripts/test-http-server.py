@@ -6,10 +6,18 @@ faults a production server will not produce on demand (this is the fault-injecti
   --drop-after N   close the connection after N body bytes ...
   --drops K        ... on the first K responses (default: every response)
   --no-ranges      ignore Range headers (answer 200 with the whole file)
-Prints "PORT <n>" on stdout once listening; counts requests in --log (one line each).
+  --redirect-to T  answer a GET of /r/REST with 302 and Location T + REST (T absolute, e.g.
+                   another server's http://127.0.0.1:PORT/, or relative, e.g. /)
+  --content-md5 F  send Content-MD5 of the whole file (also on 206, as Glance does) as F = hex
+                   (Glance's form) or base64 (RFC 1864)
+Prints "PORT <n>" on stdout once listening; counts requests in --log (one line each: path and
+Range header or -); --header-log FILE gets one JSON object per request: {"path", "headers"}.
 """
 import argparse
+import base64
+import hashlib
 import http.server
+import json
 import os
 import re
 import socketserver
@@ -23,7 +31,22 @@ ap.add_argument("--drop-after", type=int, default=None)
 ap.add_argument("--drops", type=int, default=None)
 ap.add_argument("--no-ranges", action="store_true")
 ap.add_argument("--log", default=None)
+ap.add_argument("--header-log", default=None)
+ap.add_argument("--redirect-to", default=None)
+ap.add_argument("--content-md5", choices=["hex", "base64"], default=None)
 args = ap.parse_args()
+md5_cache = {}
+
+
+def file_md5(path):
+    with lock:
+        if path not in md5_cache:
+            h = hashlib.md5()
+            with open(path, "rb") as f:
+                for b in iter(lambda: f.read(1 << 20), b""):
+                    h.update(b)
+            md5_cache[path] = h.digest()
+        return md5_cache[path]
 
 lock = threading.Lock()
 state = {"drops": 0}
@@ -40,6 +63,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if args.log:
             with lock, open(args.log, "a") as f:
                 f.write("%s %s\n" % (self.path, self.headers.get("Range", "-")))
+        if args.header_log:
+            entry = {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+            with lock, open(args.header_log, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if args.redirect_to is not None and self.path.startswith("/r/"):
+            self.send_response(302)
+            self.send_header("Location", args.redirect_to + self.path[len("/r/"):])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if not os.path.isfile(path):
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -64,6 +97,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Accept-Ranges", "none" if args.no_ranges else "bytes")
         self.send_header("Content-Length", str(size - start))
         self.send_header("Content-Type", "application/octet-stream")
+        if args.content_md5 == "hex":
+            self.send_header("Content-MD5", file_md5(path).hex())
+        elif args.content_md5 == "base64":
+            self.send_header("Content-MD5", base64.b64encode(file_md5(path)).decode())
         self.end_headers()
         limit = None
         if args.drop_after is not None:

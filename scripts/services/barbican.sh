@@ -65,29 +65,8 @@ if [ -f "$PIDFILE" ] && svc_alive "$(cat "$PIDFILE")"; then
 fi
 rm -f "$PIDFILE"
 
-# --- venv: created once, shared by concurrent callers (flock), rebuilt when the spec changes.
-mkdir -p "$(dirname "$VENV")"
-exec 9>"$VENV.lock"
-flock 9
-STAMP="$VENV/.imgpipe-pip-spec"
-want_stamp="$PIP_SPEC ${IMGPIPE_BARBICAN_CONSTRAINTS:-}"
-if [ ! -x "$VENV/bin/gunicorn" ] || [ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]; then
-  if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
-    log "python3 cannot create venvs: install python3-venv"
-    exit 1
-  fi
-  rm -rf "$VENV"
-  "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip >&2
-  log "pip install $PIP_SPEC into $VENV"
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q --disable-pip-version-check \
-    ${IMGPIPE_BARBICAN_CONSTRAINTS:+-c "$IMGPIPE_BARBICAN_CONSTRAINTS"} $PIP_SPEC >&2
-  echo "$want_stamp" >"$STAMP"
-  log "venv ready after $(( $(date +%s) - t0 ))s"
-fi
-flock -u 9
-exec 9>&-
+# --- venv: created once, shared by concurrent callers, rebuilt when the spec changes.
+svc_venv "$NAME" "$VENV" "$PIP_SPEC" "${IMGPIPE_BARBICAN_CONSTRAINTS:-}" gunicorn || exit 1
 
 if [ "$PORT" = 0 ]; then
   PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"

@@ -93,3 +93,44 @@ svc_watchdog() {
   ) </dev/null >>"$logfile" 2>&1 &
   disown
 }
+
+# svc_venv NAME VENV PIP_SPEC CONSTRAINTS [EXE…] : create, or reuse, the Python venv VENV with
+# PIP_SPEC installed (with the pip constraints file CONSTRAINTS unless it is empty). Concurrent
+# callers serialise on VENV.lock. The venv is rebuilt when PIP_SPEC or CONSTRAINTS differ from
+# the ones it was built with, or when one of the EXEs is missing from VENV/bin. Installs go to
+# stderr. Uses $PYTHON (default python3). Returns non-zero (after a log line) on failure.
+svc_venv() {
+  local name="$1" venv="$2" spec="$3" constraints="$4"
+  shift 4
+  local py="${PYTHON:-python3}" stamp="$venv/.imgpipe-pip-spec" want ok=1 rc=0 t0 exe lockfd
+  want="$spec $constraints"
+  t0=$(date +%s)
+  mkdir -p "$(dirname "$venv")" || return 1
+  exec {lockfd}>"$venv.lock" || return 1
+  flock "$lockfd"
+  for exe in "$@"; do [ -x "$venv/bin/$exe" ] || ok=0; done
+  [ "$(cat "$stamp" 2>/dev/null || true)" = "$want" ] || ok=0
+  if [ "$ok" = 0 ]; then
+    if ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
+      svc_log "$name" "python3 cannot create venvs: install python3-venv"
+      rc=1
+    else
+      svc_log "$name" "pip install $spec into $venv"
+      # shellcheck disable=SC2086 # PIP_SPEC is a list of requirements
+      { rm -rf "$venv" &&
+        "$py" -m venv "$venv" &&
+        "$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip >&2 &&
+        "$venv/bin/pip" install -q --disable-pip-version-check \
+          ${constraints:+-c "$constraints"} $spec >&2 &&
+        echo "$want" >"$stamp"; } || rc=1
+      if [ "$rc" = 0 ]; then
+        svc_log "$name" "venv ready after $(( $(date +%s) - t0 ))s"
+      else
+        svc_log "$name" "creating the venv $venv failed"
+      fi
+    fi
+  fi
+  flock -u "$lockfd"
+  exec {lockfd}>&-
+  return "$rc"
+}

@@ -25,7 +25,14 @@
 //! | `signature.properties` | BadSignature | some but not all four `img_signature*` properties are set |
 //!
 //! The token is sent only to the configured endpoint: the record request follows no
-//! redirects, and the token never appears in an error message or `Debug` output.
+//! redirects, the data request follows them but sends the token only to the endpoint's own
+//! origin (scheme, host, port), and the token never appears in an error message or `Debug`
+//! output.
+//!
+//! Glance's download answer carries `Content-MD5` (the whole image's MD5 as 32 hex digits,
+//! also on `206` answers): [`HttpSource::content_md5_hex`] exposes it after
+//! [`HttpSource::connect`], for glanceclient's rule 3 (used only when the record has neither a
+//! usable `os_hash_value` nor a `checksum`).
 
 use std::time::Duration;
 

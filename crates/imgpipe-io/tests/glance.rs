@@ -75,8 +75,15 @@ async fn glance_client_against_real_glance() {
     assert_eq!(img.property("my_prop"), Some("abc"));
     assert_eq!(img.signature().unwrap(), None);
 
-    // --- the data, streamed with the token, equals the upload
+    // --- the data, streamed with the token, equals the upload; Glance's Content-MD5 header
+    //     (hex, not RFC 1864 base64) is the data's MD5 and is known after connect()
     let mut src = client.source(&id).unwrap();
+    src.connect().await.unwrap();
+    assert_eq!(
+        src.content_md5_hex().as_deref(),
+        Some(hex(Algorithm::Md5, &data).as_str())
+    );
+    assert!(src.content_md5().is_some());
     let got = read_all(&mut src).await;
     assert_eq!(got.len(), data.len());
     assert!(got == data, "downloaded bytes differ from the upload");
@@ -196,6 +203,12 @@ async fn range_resume_against_real_glance() {
     let got = read_all(&mut src).await;
     assert!(got == data, "resumed download differs from the upload");
     assert_eq!(src.resumes(), 3);
+    // Every 206 carried the whole image's Content-MD5 (a differing one would have failed the
+    // read as "the image changed").
+    assert_eq!(
+        src.content_md5_hex().as_deref(),
+        Some(hex(Algorithm::Md5, &data).as_str())
+    );
     drop(src);
     let stats = proxy.stats(4);
     let reqs = stats["file_requests"].as_array().unwrap();
@@ -311,4 +324,23 @@ async fn keystone_token_and_catalog_find_glance() {
     assert_eq!(img.size, Some(data.len() as u64));
     let got = read_all(&mut client.source(&id).unwrap()).await;
     assert!(got == data);
+}
+
+/// Benchmark helper for `benches/glance-vs-curl.sh`: drain the Glance data URL in
+/// `IMGPIPE_BENCH_DATA_URL` through `HttpSource` alone (no hashing, no sink) and print
+/// `DRAIN_SECONDS <s> BYTES <n>`, to show whether the network source is what limits a run.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark helper, run by benches/glance-vs-curl.sh"]
+async fn bench_drain_http_source() {
+    let Ok(url) = std::env::var("IMGPIPE_BENCH_DATA_URL") else {
+        eprintln!("SKIP: IMGPIPE_BENCH_DATA_URL is not set");
+        return;
+    };
+    let t = Instant::now();
+    let mut src = imgpipe_io::HttpSource::new(&url, HttpOptions::default()).unwrap();
+    let mut n = 0u64;
+    while let Some(b) = src.read().await.unwrap() {
+        n += b.len() as u64;
+    }
+    println!("DRAIN_SECONDS {:.4} BYTES {n}", t.elapsed().as_secs_f64());
 }
