@@ -10,6 +10,7 @@ use imgpipe::hash::Algorithm;
 use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
 use imgpipe::{Progress, RunReport, Spec, Status};
 
+mod cache_cmd;
 mod demo;
 mod inspect;
 
@@ -23,6 +24,8 @@ Examples:
   imgpipe hash https://example.org/cirros.img
   imgpipe inspect --json --expect qcow2 image.qcow2
   imgpipe verify spec.toml --input image.qcow2   # checks only, writes nothing
+  imgpipe cache --dir /var/lib/imgpipe/cache list   # cached images, re-verified on every use
+  imgpipe cache --dir /var/lib/imgpipe/cache verify
 
 Exit status: 0 success; 3 the image was rejected by a check (digest, size, format,
 signature); 2 invalid spec or arguments; 1 any other failure (I/O, network).";
@@ -94,6 +97,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Look after a verified image cache directory: list, verify (re-hash against the
+    /// sidecars), evict (by size/age), prune (leftovers of killed fills).
+    Cache(cache_cmd::CacheArgs),
     /// Generate a small local image and run the main job on it (no server needed).
     Demo {
         /// Where to put the demo files (default: a new temporary directory).
@@ -198,6 +204,7 @@ fn main() {
                 }
                 report.exit_code()
             }
+            Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {
                     if !json {
@@ -326,9 +333,16 @@ fn print_text(r: &RunReport) {
     eprintln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
     for st in &r.stages {
         eprintln!(
-            "  stage {:<40} {:>12} bytes {:>9.0} MB/s busy {:.2} s",
-            st.name, st.bytes, st.mb_per_s, st.busy_seconds
+            "  stage {:<40} {:>12} bytes {:>9.0} MB/s busy {:.2} s ({:>3.0}% of the run)",
+            st.name,
+            st.bytes,
+            st.mb_per_s,
+            st.busy_seconds,
+            st.busy_fraction * 100.0
         );
+    }
+    if let Some(l) = &r.limiting_stage {
+        eprintln!("limited by: {l}");
     }
 }
 

@@ -464,3 +464,154 @@ fn inspect_and_verify_commands() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// The verified cache through `imgpipe run` and `imgpipe cache`: a miss fills the entry and
+/// the disk in one pass (the source is fetched once even by concurrent runs), a hit streams
+/// the entry through the same checks, a flipped byte in the entry is rejected (exit 3,
+/// nothing published, entry dropped), and the operator commands see it all.
+#[test]
+fn cache_fill_hit_tamper_and_operator_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = image(4 << 20 | 4096, 11);
+    std::fs::write(d.join("img.raw"), &data).unwrap();
+    // The cached bytes are the original qcow2; the disk is the decoded raw.
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(d.join("img.raw"))
+        .arg(d.join("img.qcow2"))
+        .status();
+    match st {
+        Ok(s) => assert!(s.success()),
+        Err(e) => {
+            assert!(
+                std::env::var("IMGPIPE_REQUIRE_ORACLES").as_deref() != Ok("1"),
+                "qemu-img: {e}"
+            );
+            eprintln!("skip: qemu-img not available ({e})");
+            return;
+        }
+    }
+    let qcow = std::fs::read(d.join("img.qcow2")).unwrap();
+    let sha512 = sha("sha512", &qcow);
+    let srv = serve(d, &[]);
+    let spec = |disk: &str| {
+        format!(
+            "[source]\nurl = \"http://127.0.0.1:{}/img.qcow2\"\n[inspect]\ndisk_format = \"qcow2\"\n\
+             [verify]\nsha512 = \"{sha512}\"\n[sink]\npath = \"{disk}\"\n[cache]\ndir = \"cache\"\n",
+            srv.port
+        )
+    };
+    let fetches = || {
+        std::fs::read_to_string(&srv.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("img.qcow2"))
+            .count()
+    };
+
+    // Four concurrent cold runs: one fetch, four right disks.
+    std::fs::create_dir(d.join("cache")).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            let p = d.join(format!("spec{i}.toml"));
+            std::fs::write(&p, spec(&format!("disk{i}.raw"))).unwrap();
+            imgpipe()
+                .current_dir(d)
+                .args(["run", "--json", "--progress", "never"])
+                .arg(&p)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut passed = Vec::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        passed.extend(
+            j["passed"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .filter(|c| c.starts_with("cache.")),
+        );
+    }
+    passed.sort();
+    assert_eq!(
+        passed,
+        ["cache.fill", "cache.hit", "cache.hit", "cache.hit"]
+    );
+    assert_eq!(fetches(), 1, "the source is fetched once");
+    for i in 0..4 {
+        assert_eq!(std::fs::read(d.join(format!("disk{i}.raw"))).unwrap(), data);
+    }
+
+    // Operators see one complete, verifiable entry holding the original qcow2 bytes.
+    let out = imgpipe()
+        .current_dir(d)
+        .args(["cache", "--dir", "cache", "--json", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let list = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        list.contains("qcow2") && list.contains("img.qcow2"),
+        "{list}"
+    );
+    let data_file = std::fs::read_dir(d.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "data"))
+        .unwrap();
+    assert_eq!(std::fs::read(&data_file).unwrap(), qcow);
+    let verify = |code: i32| {
+        let out = imgpipe()
+            .current_dir(d)
+            .args(["cache", "--dir", "cache", "verify"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    verify(0);
+
+    // Bit rot / tampering on the cache storage: flip one byte in the data area.
+    let mut bad = qcow.clone();
+    let at = bad.len() - 5000;
+    bad[at] ^= 0x40;
+    std::fs::write(&data_file, &bad).unwrap();
+    verify(3);
+    let r = run_spec(d, &spec("tampered.raw"));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.json["kind"], "digest_mismatch");
+    assert!(
+        r.json["source"].as_str().unwrap().starts_with("cache:"),
+        "{}",
+        r.json
+    );
+    assert!(!d.join("tampered.raw").exists());
+    assert!(leftovers(d).is_empty());
+    assert!(
+        r.json["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("no longer matches its sidecar")),
+        "{}",
+        r.json
+    );
+    assert!(!data_file.exists(), "the bad entry is dropped");
+
+    // The next run fetches again and refills.
+    let r = run_spec(d, &spec("again.raw"));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(fetches(), 2);
+    assert_eq!(std::fs::read(d.join("again.raw")).unwrap(), data);
+    assert_eq!(std::fs::read(&data_file).unwrap(), qcow);
+}

@@ -369,6 +369,19 @@ pub async fn verification_with_token(
     spec: &Spec,
     barbican_token: Option<&str>,
 ) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
+    verification_pinned(spec, barbican_token, None).await
+}
+
+/// As [`verification_with_token`], plus a cache hit's sidecar pins: the pinned digest is
+/// added to the hasher of its algorithm (computed anyway when the request asks for it, so a
+/// hit costs no extra hashing), and the pinned size gets its own size check. Mismatches name
+/// "the cache sidecar". The pins only add checks: the request's own rules (`require_hash`,
+/// the "not verified" warning) are applied as on a miss.
+pub async fn verification_pinned(
+    spec: &Spec,
+    barbican_token: Option<&str>,
+    pins: Option<&imgpipe_cache::Pins>,
+) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
     let v = &spec.verify;
     let mut warnings = Vec::new();
     let mut hashers: Vec<HashObserver> = Vec::new();
@@ -417,12 +430,18 @@ pub async fn verification_with_token(
             "no expected digest or signature was given: the image bytes were not verified".into(),
         );
     }
+    if let Some(p) = pins {
+        hasher(&mut hashers, p.digest.0).expect(&p.digest.1, "the cache sidecar");
+    }
     let mut observers: Vec<Box<dyn Observer>> = hashers
         .into_iter()
         .map(|h| Box::new(h) as Box<dyn Observer>)
         .collect();
     if let Some(size) = v.size {
         observers.push(Box::new(SizeObserver::new(size, "the spec")));
+    }
+    if let Some(p) = pins {
+        observers.push(Box::new(SizeObserver::new(p.size, "the cache sidecar")));
     }
     Ok((observers, warnings))
 }
@@ -606,27 +625,118 @@ async fn open_sink(spec: &Spec, warnings: &mut Vec<String>) -> Result<Option<Box
     }))
 }
 
+/// What the cache does for one run; settled by [`finish_cache`] after the run.
+pub enum CacheUse {
+    /// No cache configured, or a source that cannot be cached (stdin).
+    None,
+    /// Streaming from a verified entry (held shared until the run ends).
+    Hit(imgpipe_cache::HitDone),
+    /// This run fills the entry; the spec is the request (after Glance preparation).
+    Fill(imgpipe_cache::Fill, Box<Spec>),
+}
+
 /// Assemble the pipeline a spec describes. Every check that can run before streaming
 /// (properties, certificates, keys, paths) runs here.
+///
+/// A spec with `[cache]` is refused here: a cache fill must be published (or abandoned)
+/// after the run, which [`run`] (or [`build_cached`] + [`finish_cache`]) does.
 pub async fn build(spec: &Spec) -> Result<(Pipeline, Vec<String>)> {
     if spec.cache.is_some() {
-        return Err(unsupported("[cache]"));
+        return Err(unsupported(
+            "[cache] through build() (use run(), or build_cached() and finish_cache())",
+        ));
     }
+    let (p, w, _) = build_cached(spec).await?;
+    Ok((p, w))
+}
+
+/// [`build`], with the spec's `[cache]` applied: the lookup happens before the source is
+/// opened (a request that waits for another filler never connects to the source). On a hit
+/// the pipeline streams the cached bytes through the request's checks plus the sidecar's
+/// pins; on a miss the source stream is teed into the entry. Glance metadata is fetched
+/// either way, so the record's hashes, signature and certificate policy apply to hits too.
+/// Pass the returned [`CacheUse`] and the run's outcome to [`finish_cache`].
+pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUse)> {
     let glance = match &spec.source {
         SourceSpec::Glance(g) => Some(prepare_glance(spec, g).await?),
         _ => None,
     };
     let spec = glance.as_ref().map_or(spec, |g| &g.spec);
     let token = glance.as_ref().and_then(|g| g.token.as_deref());
-    let (mut observers, mut warnings) = verification_with_token(spec, token).await?;
+
+    let mut cache_use = CacheUse::None;
+    let mut cached_source: Option<Box<dyn Source>> = None;
+    let mut pins = None;
+    let mut extra: Vec<Box<dyn Observer>> = Vec::new();
+    let mut early_warnings = Vec::new();
+    let fill_spec;
+    let spec = match &spec.cache {
+        None => spec,
+        Some(cs) => match imgpipe_cache::Cache::open(cs)?.lookup(spec).await? {
+            Some(imgpipe_cache::Entry::Hit(hit)) => {
+                pins = Some(hit.pins(spec));
+                let (src, done) = hit.open()?;
+                cached_source = Some(src);
+                cache_use = CacheUse::Hit(done);
+                spec
+            }
+            Some(imgpipe_cache::Entry::Fill(mut fill)) => {
+                // Adds a sha256 report digest when the request computes no strong digest.
+                fill_spec = fill.spec(spec);
+                extra.push(fill.tee()?);
+                cache_use = CacheUse::Fill(fill, Box::new(spec.clone()));
+                &fill_spec
+            }
+            None => {
+                early_warnings.push("cache: standard input cannot be cached".to_string());
+                spec
+            }
+        },
+    };
+    let parts = Parts {
+        token,
+        glance: glance.as_ref(),
+        cached_source,
+        pins: pins.as_ref(),
+        extra,
+    };
+    match build_rest(spec, parts).await {
+        Ok((p, mut w)) => {
+            w.extend(early_warnings);
+            Ok((p, w, cache_use))
+        }
+        Err(e) => {
+            // Failed before streaming: release the fill now (dropping it is also safe: the
+            // next lookup removes the partial file).
+            if let CacheUse::Fill(f, _) = cache_use {
+                let _ = f.abandon();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What [`build_cached`] hands to the common assembly.
+struct Parts<'a> {
+    token: Option<&'a str>,
+    glance: Option<&'a GlancePrepared>,
+    cached_source: Option<Box<dyn Source>>,
+    pins: Option<&'a imgpipe_cache::Pins>,
+    extra: Vec<Box<dyn Observer>>,
+}
+
+async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<String>)> {
+    let (mut observers, mut warnings) = verification_pinned(spec, parts.token, parts.pins).await?;
+    observers.extend(parts.extra);
     let encrypt = spec.encrypt.as_ref().map(encryptor).transpose()?;
-    let source: Box<dyn Source> = match &glance {
-        Some(g) => {
+    let source: Box<dyn Source> = match (parts.cached_source, parts.glance) {
+        (Some(s), _) => s,
+        (None, Some(g)) => {
             let mut s = g.client.source(&g.image.id)?;
             s.connect().await?;
             Box::new(s)
         }
-        None => open_source(spec).await?,
+        (None, None) => open_source(spec).await?,
     };
     let len = source.len_hint();
     let sink = open_sink(spec, &mut warnings).await?;
@@ -667,9 +777,11 @@ pub async fn build(spec: &Spec) -> Result<(Pipeline, Vec<String>)> {
 /// Build and run a spec; the report says what happened (failures included).
 pub async fn run(spec: &Spec, progress: Arc<Progress>) -> RunReport {
     let started = std::time::Instant::now();
-    match build(spec).await {
-        Ok((p, warnings)) => {
+    match build_cached(spec).await {
+        Ok((p, warnings, cache_use)) => {
             let mut outcome = p.run(progress).await;
+            let cache_findings = finish_cache(cache_use, &outcome).await;
+            outcome.findings.extend(cache_findings);
             outcome.findings.extend(
                 warnings
                     .into_iter()
@@ -698,5 +810,40 @@ pub async fn run(spec: &Spec, progress: Arc<Progress>) -> RunReport {
             r.phase = Some("before_streaming");
             r
         }
+    }
+}
+
+/// Settle the cache after a run: publish or abandon a fill; after a rejected hit, drop the
+/// entry if its bytes no longer match the sidecar. Cache trouble never changes the run's
+/// result: it is reported as findings.
+pub async fn finish_cache(c: CacheUse, outcome: &imgpipe_core::RunOutcome) -> Vec<Finding> {
+    use imgpipe_cache::{FillOutcome, HitOutcome};
+    let warn = |message: String| Finding::Warning { message };
+    match c {
+        CacheUse::None => vec![],
+        CacheUse::Hit(done) => {
+            let id = done.key().id.clone();
+            match done.finish(outcome).await {
+                Ok(HitOutcome::Used) => vec![Finding::Passed {
+                    check: "cache.hit".into(),
+                }],
+                Ok(HitOutcome::Kept) => vec![],
+                Ok(HitOutcome::Discarded { problems }) => vec![warn(format!(
+                    "cache: entry {id} no longer matches its sidecar and was removed: {}",
+                    problems.join("; ")
+                ))],
+                Err(e) => vec![warn(format!("cache: {e}"))],
+            }
+        }
+        CacheUse::Fill(fill, request) => match fill.finish(&request, outcome).await {
+            Ok(FillOutcome::Published(_)) => vec![Finding::Passed {
+                check: "cache.fill".into(),
+            }],
+            Ok(FillOutcome::Abandoned { reason }) if outcome.result.is_ok() => {
+                vec![warn(format!("cache: entry not published: {reason}"))]
+            }
+            Ok(FillOutcome::Abandoned { .. }) => vec![],
+            Err(e) => vec![warn(format!("cache: publishing failed: {e}"))],
+        },
     }
 }

@@ -26,8 +26,12 @@ mod observers;
 mod report;
 mod verdict;
 
-pub use build::{build, encryptor, inspector, open_source, run, verification};
+pub use build::{
+    CacheUse, build, build_cached, encryptor, finish_cache, inspector, open_source, run,
+    verification, verification_pinned,
+};
 pub use disk::{DiskOptions, Encryptor, ImageToDisk};
+pub use imgpipe_cache as cache;
 pub use imgpipe_core as core;
 pub use imgpipe_core::{Error, ErrorKind, Progress, Result};
 pub use imgpipe_crypto::hash;

@@ -28,6 +28,9 @@ pub struct StageReport {
     pub busy_seconds: f64,
     /// Throughput while busy, MB/s (10^6).
     pub mb_per_s: f64,
+    /// Busy time as a share of the run's wall time (0..1): the stage closest to 1 limits
+    /// the run.
+    pub busy_fraction: f64,
 }
 
 /// What `imgpipe run --json` prints.
@@ -70,6 +73,9 @@ pub struct RunReport {
     pub resumes: u32,
     /// Per-stage throughput.
     pub stages: Vec<StageReport>,
+    /// The stage with the largest busy time: the one that limits the run's speed (for a
+    /// source or sink this includes time spent waiting on the network or the device).
+    pub limiting_stage: Option<String>,
 }
 
 impl RunReport {
@@ -101,8 +107,19 @@ impl RunReport {
                     bytes: s.bytes,
                     busy_seconds: s.busy.as_secs_f64(),
                     mb_per_s: s.throughput() / 1e6,
+                    busy_fraction: if o.elapsed.is_zero() {
+                        0.0
+                    } else {
+                        (s.busy.as_secs_f64() / o.elapsed.as_secs_f64()).min(1.0)
+                    },
                 })
                 .collect(),
+            limiting_stage: o
+                .stages
+                .iter()
+                .filter(|s| !s.busy.is_zero())
+                .max_by_key(|s| s.busy)
+                .map(|s| s.name.clone()),
         };
         for f in &o.findings {
             match f {
@@ -118,7 +135,13 @@ impl RunReport {
                         r.virtual_size = *virtual_size;
                     }
                 }
-                Finding::Passed { check } => r.passed.push(check.clone()),
+                Finding::Passed { check } => {
+                    // One line per check, even when two expectations (the spec's and a cache
+                    // sidecar's) passed on one hasher.
+                    if !r.passed.contains(check) {
+                        r.passed.push(check.clone());
+                    }
+                }
                 Finding::Warning { message } => r.warnings.push(message.clone()),
             }
         }
