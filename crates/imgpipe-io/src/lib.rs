@@ -9,6 +9,7 @@
 
 pub mod barbican;
 pub mod block;
+mod direct;
 mod file_sink;
 pub mod glance;
 mod http;
@@ -16,6 +17,7 @@ pub mod keystone;
 pub mod lvm;
 mod reader;
 
+pub use direct::SequentialWriter;
 pub use file_sink::{FileSink, FileZeroes};
 pub use http::{HttpOptions, HttpSource};
 pub use reader::ReaderSource;
