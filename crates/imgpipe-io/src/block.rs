@@ -11,7 +11,13 @@
 //!    opened as a half-written disk.
 //! 3. `write` keeps everything that falls into the first MiB in memory; everything else goes
 //!    to the device through 4096-aligned buffers that merge contiguous extents (up to 4 MiB
-//!    per write). Unaligned edges are read-modify-written a logical block at a time.
+//!    per write). Unaligned edges are read-modify-written a logical block at a time. Full
+//!    buffers are written by [`DEFAULT_WRITES_IN_FLIGHT`] writer threads (plain `pwrite`, several
+//!    requests in flight) while the next buffer fills; a write waits for any in-flight write it
+//!    overlaps, and edge reads, write-zeroes, discard and syncs wait for the writes they touch.
+//!    On a loop device this took 1 GiB from 0.86–1.09× `dd oflag=direct` (synchronous `pwrite`)
+//!    to 1.35–1.41× (`benches/sinks.sh`); io_uring at the same depth (fio) was no faster than dd
+//!    there, so the sink uses threads and `pwrite` rather than an io_uring dependency.
 //! 4. `finish` (every verdict passed) flushes, syncs, then writes the held-back first MiB and
 //!    syncs again, so the disk becomes recognisable only once everything else is durable.
 //! 5. `abort` drops what is pending, zeroes the first MiB and syncs.
@@ -27,6 +33,8 @@ use std::io::{self, Seek};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use imgpipe_core::{DiskExtent, DiskInfo, Error, ErrorKind, Result, Sink, SinkReport};
@@ -39,6 +47,14 @@ const ALIGN: usize = 4096;
 const BUF: usize = 4 << 20;
 /// Zero runs at most this long are merged into the data stream instead of a separate request.
 const ZERO_INLINE_MAX: u64 = 64 << 10;
+/// Default number of [`BUF`]-sized writes in flight on writer threads (see
+/// [`BlockSink::set_writes_in_flight`]).
+pub const DEFAULT_WRITES_IN_FLIGHT: usize = 4;
+/// Most writes in flight accepted.
+pub const MAX_WRITES_IN_FLIGHT: usize = 16;
+/// Environment override of the writes in flight (`0` = write synchronously in the sink's own
+/// thread), read by [`BlockSink::open`]; for measurements.
+pub const WRITES_IN_FLIGHT_ENV: &str = "IMGPIPE_BLOCK_WRITES_IN_FLIGHT";
 
 /// `BLKGETSIZE64`: device size in bytes (`_IOR(0x12, 114, size_t)`).
 const BLKGETSIZE64: libc::Ioctl = libc::_IOR::<u64>(0x12, 114);
@@ -102,7 +118,7 @@ impl AlignedBuf {
 
 /// The open device and its geometry.
 struct Device {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     size: u64,
     sector: u64,
@@ -127,6 +143,160 @@ impl Device {
     }
 }
 
+/// A combining buffer handed to a writer thread: `len` bytes at device offset `at`.
+struct Job {
+    buf: AlignedBuf,
+    len: usize,
+    at: u64,
+}
+
+/// A finished [`Job`]: the buffer comes back for reuse with the outcome.
+struct Done {
+    buf: AlignedBuf,
+    len: usize,
+    at: u64,
+    result: io::Result<()>,
+}
+
+/// Writes kept in flight on `depth` writer threads, each doing a blocking `O_DIRECT` `pwrite`
+/// of one whole buffer: the sink fills the next buffer meanwhile, and the device sees several
+/// requests at once. Ordering: a write is queued only after every in-flight write overlapping
+/// it completed, and every other device operation (edge reads, write-zeroes, discard, sync,
+/// the head) waits for the in-flight writes it overlaps (sync: all of them) first.
+struct Flight {
+    depth: usize,
+    jobs: Option<mpsc::Sender<Job>>,
+    done: Option<mpsc::Receiver<Done>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Buffers back from the threads, ready to be filled.
+    free: Vec<AlignedBuf>,
+    /// Buffers allocated so far (at most `depth + 1`: one filling, `depth` in flight).
+    allocated: usize,
+    /// `[start, end)` of writes queued and not reaped yet.
+    busy: Vec<(u64, u64)>,
+    /// The first failed write: (offset, error).
+    failure: Option<(u64, io::Error)>,
+}
+
+impl Flight {
+    fn new(depth: usize) -> Self {
+        Flight {
+            depth: depth.min(MAX_WRITES_IN_FLIGHT),
+            jobs: None,
+            done: None,
+            threads: Vec::new(),
+            free: Vec::new(),
+            allocated: 1, // the writer's own `pend`
+            busy: Vec::new(),
+            failure: None,
+        }
+    }
+
+    /// Start the writer threads (first queued write).
+    fn start(&mut self, file: &Arc<File>) -> io::Result<()> {
+        let (job_tx, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done_rx) = mpsc::channel::<Done>();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for i in 0..self.depth {
+            let (rx, tx, file) = (job_rx.clone(), done_tx.clone(), file.clone());
+            let t = std::thread::Builder::new()
+                .name(format!("imgpipe-blk-w{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                            rx.recv()
+                        };
+                        let Ok(Job { buf, len, at }) = job else { break };
+                        let result = file.write_all_at(buf.get(len), at);
+                        if tx
+                            .send(Done {
+                                buf,
+                                len,
+                                at,
+                                result,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })?;
+            self.threads.push(t);
+        }
+        self.jobs = Some(job_tx);
+        self.done = Some(done_rx);
+        Ok(())
+    }
+
+    fn record(&mut self, d: Done) {
+        let end = d.at + d.len as u64;
+        if let Some(i) = self.busy.iter().position(|&r| r == (d.at, end)) {
+            self.busy.swap_remove(i);
+        }
+        if let Err(e) = d.result
+            && self.failure.is_none()
+        {
+            self.failure = Some((d.at, e));
+        }
+        self.free.push(d.buf);
+    }
+
+    /// Collect finished writes; with `block`, wait for at least one when any is in flight.
+    fn reap(&mut self, block: bool) {
+        let Some(rx) = self.done.take() else { return };
+        if block && !self.busy.is_empty() {
+            match rx.recv() {
+                Ok(d) => self.record(d),
+                // Every thread is gone (they only exit when the job channel closes).
+                Err(_) => self.busy.clear(),
+            }
+        }
+        while let Ok(d) = rx.try_recv() {
+            self.record(d);
+        }
+        self.done = Some(rx);
+    }
+
+    /// Wait until no in-flight write overlaps `[a, b)`.
+    fn wait_range(&mut self, a: u64, b: u64) {
+        while self.busy.iter().any(|&(s, e)| s < b && a < e) {
+            self.reap(true);
+        }
+    }
+
+    /// Wait for every in-flight write.
+    fn drain(&mut self) {
+        while !self.busy.is_empty() {
+            self.reap(true);
+        }
+    }
+
+    /// A buffer to fill next: a returned one, a new one while fewer than `depth + 1` exist, or
+    /// the next to come back.
+    fn take_free(&mut self) -> AlignedBuf {
+        self.reap(false);
+        loop {
+            if let Some(b) = self.free.pop() {
+                return b;
+            }
+            if self.allocated <= self.depth || self.busy.is_empty() {
+                self.allocated += 1;
+                return AlignedBuf::zeroed(BUF);
+            }
+            self.reap(true);
+        }
+    }
+
+    /// Stop the threads (after `drain`, they are idle).
+    fn stop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Everything the blocking I/O needs; moved onto a blocking thread for each call.
 struct Writer {
     dev: Device,
@@ -146,6 +316,8 @@ struct Writer {
     edge: AlignedBuf,
     /// Zeros for the plain-write fallback, allocated on first use.
     zero_buf: Option<AlignedBuf>,
+    /// Writes in flight on writer threads (`depth` 0: `pwrite` right here instead).
+    flight: Flight,
     size: Option<u64>,
     end: u64,
     report: SinkReport,
@@ -415,6 +587,18 @@ impl BlockSink {
                 path.display()
             ));
         }
+        let depth = match std::env::var(WRITES_IN_FLIGHT_ENV) {
+            Err(_) => DEFAULT_WRITES_IN_FLIGHT,
+            Ok(v) => v.trim().parse::<usize>().map_err(|_| {
+                Error::check(
+                    ErrorKind::Spec,
+                    "block.writes_in_flight",
+                    format!(
+                        "{WRITES_IN_FLIGHT_ENV}={v:?} is not a number (0..={MAX_WRITES_IN_FLIGHT})"
+                    ),
+                )
+            })?,
+        };
         let report = SinkReport {
             target: path.display().to_string(),
             zero_policy: zeroes.name().into(),
@@ -424,7 +608,7 @@ impl BlockSink {
             path: path.to_path_buf(),
             writer: Some(Box::new(Writer {
                 dev: Device {
-                    file,
+                    file: Arc::new(file),
                     path: path.to_path_buf(),
                     size,
                     sector,
@@ -439,6 +623,7 @@ impl BlockSink {
                 pend_end: 0,
                 edge: AlignedBuf::zeroed(ALIGN),
                 zero_buf: None,
+                flight: Flight::new(depth),
                 size: None,
                 end: 0,
                 report,
@@ -450,6 +635,23 @@ impl BlockSink {
     /// The device size in bytes (`BLKGETSIZE64`).
     pub fn device_size(&self) -> Option<u64> {
         self.writer.as_ref().map(|w| w.dev.size)
+    }
+
+    /// Keep up to `n` (clamped to [`MAX_WRITES_IN_FLIGHT`]) 4 MiB writes in flight on writer
+    /// threads while the next buffer fills; `0` writes synchronously in the sink's own blocking
+    /// call. Default [`DEFAULT_WRITES_IN_FLIGHT`], or the [`WRITES_IN_FLIGHT_ENV`] environment
+    /// variable. Takes effect if called before the first write.
+    pub fn set_writes_in_flight(&mut self, n: usize) {
+        if let Some(w) = self.writer.as_mut()
+            && w.flight.jobs.is_none()
+        {
+            w.flight = Flight::new(n);
+        }
+    }
+
+    /// The writes kept in flight (see [`BlockSink::set_writes_in_flight`]).
+    pub fn writes_in_flight(&self) -> usize {
+        self.writer.as_ref().map_or(0, |w| w.flight.depth)
     }
 
     /// The logical block size (`BLKSSZGET`).
@@ -508,15 +710,32 @@ impl Writer {
             .map_err(|e| self.io("writing", at, e))
     }
 
-    fn sync(&self) -> Result<()> {
+    /// Wait for every in-flight write, report the first that failed, then `fdatasync`.
+    fn sync(&mut self) -> Result<()> {
+        self.settle()?;
         self.dev
             .file
             .sync_data()
             .map_err(|e| Error::io(format!("fdatasync of {}", self.dev.what()), e))
     }
 
-    /// Overwrite the first MiB of the device with zeros and sync.
+    /// Wait for every in-flight write; the first failure, if any.
+    fn settle(&mut self) -> Result<()> {
+        self.flight.drain();
+        match &self.flight.failure {
+            None => Ok(()),
+            Some((at, e)) => {
+                let e = io::Error::new(e.kind(), e.to_string());
+                Err(self.io("writing", *at, e))
+            }
+        }
+    }
+
+    /// Overwrite the first MiB of the device with zeros and sync. In-flight writes are waited
+    /// for first (their failures no longer matter here).
     fn wipe_head(&mut self) -> Result<()> {
+        self.flight.drain();
+        self.flight.failure = None;
         let n = self.head.len();
         if n == 0 {
             return Ok(());
@@ -671,6 +890,7 @@ impl Writer {
         // Unaligned edges join the write stream; the aligned middle is one request.
         self.push(offset, Fill::Zero(a - offset))?;
         self.flush()?;
+        self.flight.wait_range(a, b);
         if self.zeroes == BlockZeroes::Discard {
             match self.dev.range_ioctl(BLKDISCARD, a, b - a) {
                 Ok(()) => {}
@@ -755,6 +975,7 @@ impl Writer {
     /// Read the logical block at `at` (aligned) into the edge buffer.
     fn read_edge(&mut self, at: u64) -> Result<()> {
         let s = self.dev.sector as usize;
+        self.flight.wait_range(at, at + s as u64);
         let r = self.dev.file.read_exact_at(self.edge.get_mut(s), at);
         r.map_err(|e| self.io("reading (for an unaligned write)", at, e))
     }
@@ -779,8 +1000,40 @@ impl Writer {
             let (edge, pend) = (&self.edge, &mut self.pend);
             pend.get_mut(BUF)[used..total].copy_from_slice(&edge.get(s)[used - tail..s]);
         }
-        self.pwrite(self.pend.get(total), self.pend_base)?;
+        let at = self.pend_base;
         self.pend_start = self.pend_end;
+        if self.flight.depth == 0 {
+            return self.pwrite(self.pend.get(total), at);
+        }
+        // A write that failed in the background fails the run at the next flush.
+        self.flight.reap(false);
+        if self.flight.failure.is_some() {
+            return self.settle();
+        }
+        if self.flight.jobs.is_none() {
+            self.flight
+                .start(&self.dev.file)
+                .map_err(|e| Error::io("starting the block writer threads", e))?;
+        }
+        self.flight.wait_range(at, at + total as u64);
+        let next = self.flight.take_free();
+        let buf = std::mem::replace(&mut self.pend, next);
+        self.flight.busy.push((at, at + total as u64));
+        let sent = self.flight.jobs.as_ref().is_some_and(|j| {
+            j.send(Job {
+                buf,
+                len: total,
+                at,
+            })
+            .is_ok()
+        });
+        if !sent {
+            self.flight.busy.pop();
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("block sink {}: writer threads exited", self.dev.what()),
+            ));
+        }
         Ok(())
     }
 
@@ -798,6 +1051,7 @@ impl Writer {
             self.pwrite(buf.get(n), 0)?;
             self.sync()?;
         }
+        self.flight.stop();
         let mut report = self.report.clone();
         report.size = self.size.unwrap_or(self.end);
         Ok(report)
@@ -865,9 +1119,9 @@ impl Sink for BlockSink {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        match self.writer.as_ref() {
-            Some(w) if !w.touched => Ok(()), // nothing was written: the device is as it was
-            Some(_) => self.with_writer(|w| w.wipe_head()).await,
+        match self.writer.as_ref().map(|w| w.touched) {
+            Some(false) => Ok(()), // nothing was written: the device is as it was
+            Some(true) => self.with_writer(|w| w.wipe_head()).await,
             None => {
                 let path = self.path.clone();
                 tokio::task::spawn_blocking(move || wipe_head_of(&path))
