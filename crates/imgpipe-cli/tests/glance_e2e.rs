@@ -325,7 +325,9 @@ fn glance_source_end_to_end() {
 }
 
 /// `imgpipe run` of a 1 GiB raw image from the real Glance vs `curl -o /dev/null` of the same
-/// data URL. Run with `cargo test --release -p imgpipe-cli --test glance_e2e -- --ignored
+/// data URL, one run each (a quick look). The measurement of record is
+/// `benches/glance-vs-curl.sh` (release build, alternating contenders, medians, under the
+/// bench lock). Run with `cargo test --release -p imgpipe-cli --test glance_e2e -- --ignored
 /// --nocapture`.
 #[test]
 #[ignore = "benchmark: 1 GiB through a real Glance"]
