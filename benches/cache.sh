@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The verified cache's cost, in ONE run, alternating, medians of RUNS rounds (issue 9):
+#
+#   benches/cache.sh [SIZE_MIB=2048] [RUNS=3] [DIR=/var/tmp/imgpipe-cache-bench]
+#
+#   uncached  imgpipe run: file raw → sha512 + inspect → file                (no [cache])
+#   cold      the same spec with [cache] on an empty cache dir: source → cache entry + disk
+#   warm      the same spec, entry present: cache → re-verified (sha512 + sidecar pin) → disk
+#   bound.sha512  openssl dgst -sha512 of the same bytes (page-cached)
+#   bound.disk    the entry's data file read from disk (caches dropped) piped into
+#                 dd oflag=direct conv=sparse to the same filesystem: the device's read+write bound
+#   A warm run reads the entry from disk (the page cache is dropped before it, as it would be
+#   hours after the fill) and writes the disk: its bound is the slower of the two.
+#
+# Targets: cold ≤ 1.1 × uncached; warm throughput ≥ the bound's.
+# IMGPIPE_BIN=path (default: cargo build --release -p imgpipe-cli); BENCH_LOCK=file: flock.
+set -euo pipefail
+SIZE_MIB="${1:-2048}"; RUNS="${2:-3}"; DIR="${3:-/var/tmp/imgpipe-cache-bench}"
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+if [ -n "${BENCH_LOCK:-}" ] && [ -z "${_CACHE_BENCH_LOCKED:-}" ]; then
+  export _CACHE_BENCH_LOCKED=1; exec flock "$BENCH_LOCK" "$0" "$@"
+fi
+if [ -z "${IMGPIPE_BIN:-}" ]; then
+  (cd "$repo" && cargo build --release -q -p imgpipe-cli)
+  IMGPIPE_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/imgpipe"
+fi
+mkdir -p "$DIR"; DIR="$(cd "$DIR" && pwd)"
+img="$DIR/img.raw"
+[ -f "$img" ] && [ "$(stat -c %s "$img")" = $((SIZE_MIB << 20)) ] || python3 "$repo/benches/mkimage.py" "$img" "$SIZE_MIB"
+sha512="$(openssl dgst -sha512 -r "$img" | cut -d' ' -f1)"
+spec() { # $1 = with cache dir or empty
+  printf '[source]\npath = "%s"\n[verify]\nsha512 = "%s"\n[sink]\npath = "%s/disk.raw"\n' "$img" "$sha512" "$DIR"
+  [ -n "$1" ] && printf '[cache]\ndir = "%s"\n' "$1"
+  true
+}
+spec "" > "$DIR/uncached.toml"; spec "$DIR/cache" > "$DIR/cached.toml"
+t() { local s e; s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N); echo "$e - $s" | bc; }
+run() { # $1 spec → seconds; fails loudly when the run fails
+  local s e; s=$(date +%s.%N)
+  "$IMGPIPE_BIN" run --progress never --json "$1" > "$DIR/report.json" || { cat "$DIR/report.json"; exit 1; }
+  e=$(date +%s.%N); rm -f "$DIR/disk.raw"; echo "$e - $s" | bc
+}
+declare -A T
+drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
+for r in $(seq "$RUNS"); do
+  T[uncached]+="$(run "$DIR/uncached.toml") "
+  rm -rf "$DIR/cache"
+  T[cold]+="$(run "$DIR/cached.toml") "
+  grep -q '"cache.fill"' "$DIR/report.json" || { echo "cold run did not fill"; exit 1; }
+  drop_caches
+  T[warm]+="$(run "$DIR/cached.toml") "
+  grep -q '"cache.hit"' "$DIR/report.json" || { echo "warm run did not hit"; exit 1; }
+  T[bound.sha512]+="$(t openssl dgst -sha512 "$img") "
+  drop_caches
+  T[bound.disk]+="$(t sh -c "cat '$DIR'/cache/*.data | dd of='$DIR/dd.raw' bs=4M iflag=fullblock oflag=direct conv=sparse 2>/dev/null")"" "
+  rm -f "$DIR/dd.raw"
+done
+med() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "size ${SIZE_MIB} MiB, ${RUNS} rounds, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+for k in uncached cold warm bound.sha512 bound.disk; do
+  m=$(med "${T[$k]}"); printf '%-9s median %7.3f s  %6.0f MB/s   (%s)\n' "$k" "$m" "$(echo "$SIZE_MIB*1.048576/$m" | bc -l)" "${T[$k]}"
+done
+u=$(med "${T[uncached]}"); c=$(med "${T[cold]}"); w=$(med "${T[warm]}")
+b=$(printf '%s\n%s\n' "$(med "${T[bound.sha512]}")" "$(med "${T[bound.disk]}")" | sort -n | tail -1)
+printf 'cold / uncached = %.2f (target <= 1.10)\n' "$(echo "$c/$u" | bc -l)"
+printf 'warm throughput / bound = %.2f (target >= 1.00; bound = slower of sha512 and disk, %.3f s)\n' "$(echo "$b/$w" | bc -l)" "$b"
+echo "entry on disk: $(du -h --apparent-size "$DIR"/cache/*.data | cut -f1) apparent, $(du -h "$DIR"/cache/*.data | cut -f1) allocated"
+rm -rf "$DIR/cache" "$DIR/disk.raw"
