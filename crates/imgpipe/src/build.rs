@@ -369,7 +369,7 @@ pub async fn verification_with_token(
     spec: &Spec,
     barbican_token: Option<&str>,
 ) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
-    verification_pinned(spec, barbican_token, None).await
+    verification_pinned(spec, barbican_token, None, None).await
 }
 
 /// As [`verification_with_token`], plus a cache hit's sidecar pins: the pinned digest is
@@ -377,10 +377,14 @@ pub async fn verification_with_token(
 /// hit costs no extra hashing), and the pinned size gets its own size check. Mismatches name
 /// "the cache sidecar". The pins only add checks: the request's own rules (`require_hash`,
 /// the "not verified" warning) are applied as on a miss.
+///
+/// `content_md5` is the Glance download's `Content-MD5` header (hex): glanceclient's last
+/// resort, used only when the record has neither a usable `os_hash_value` nor a `checksum`.
 pub async fn verification_pinned(
     spec: &Spec,
     barbican_token: Option<&str>,
     pins: Option<&imgpipe_cache::Pins>,
+    content_md5: Option<String>,
 ) -> Result<(Vec<Box<dyn Observer>>, Vec<String>)> {
     let v = &spec.verify;
     let mut warnings = Vec::new();
@@ -402,10 +406,11 @@ pub async fn verification_pinned(
         os_hash_algo: v.os_hash_algo.clone(),
         os_hash_value: v.os_hash_value.clone(),
         checksum: v.checksum.clone(),
-        content_md5: None,
+        content_md5,
         size: v.size,
     };
-    let has_record = record.os_hash_value.is_some() || record.checksum.is_some();
+    let has_record =
+        record.os_hash_value.is_some() || record.checksum.is_some() || record.content_md5.is_some();
     let require = v.require_hash.unwrap_or(glance);
     if has_record || (require && v.digests.is_empty()) {
         let policy = HashPolicy {
@@ -726,17 +731,24 @@ struct Parts<'a> {
 }
 
 async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<String>)> {
-    let (mut observers, mut warnings) = verification_pinned(spec, parts.token, parts.pins).await?;
+    // A Glance download is connected first: its Content-MD5 header is part of the record's
+    // hash rules. Connecting reads headers only; no image byte is consumed before every
+    // pre-stream check below has passed. Other sources open after those checks.
+    let mut content_md5 = None;
+    let mut source: Option<Box<dyn Source>> = parts.cached_source;
+    if let (None, Some(g)) = (&source, parts.glance) {
+        let mut s = g.client.source(&g.image.id)?;
+        s.connect().await?;
+        content_md5 = s.content_md5_hex();
+        source = Some(Box::new(s));
+    }
+    let (mut observers, mut warnings) =
+        verification_pinned(spec, parts.token, parts.pins, content_md5).await?;
     observers.extend(parts.extra);
     let encrypt = spec.encrypt.as_ref().map(encryptor).transpose()?;
-    let source: Box<dyn Source> = match (parts.cached_source, parts.glance) {
-        (Some(s), _) => s,
-        (None, Some(g)) => {
-            let mut s = g.client.source(&g.image.id)?;
-            s.connect().await?;
-            Box::new(s)
-        }
-        (None, None) => open_source(spec).await?,
+    let source = match source {
+        Some(s) => s,
+        None => open_source(spec).await?,
     };
     let len = source.len_hint();
     let sink = open_sink(spec, &mut warnings).await?;
