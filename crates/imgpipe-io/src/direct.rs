@@ -15,9 +15,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Alignment of O_DIRECT buffers, offsets and lengths.
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 /// Bytes gathered per O_DIRECT write.
-const WINDOW: usize = 4 << 20;
+pub(crate) const WINDOW: usize = 4 << 20;
 /// Granularity of hole detection (a multiple of `ALIGN` dividing `WINDOW`).
 const HOLE: usize = 64 << 10;
 
@@ -51,26 +51,38 @@ fn write_sparse(f: &File, data: &[u8], off: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// A `WINDOW`-byte buffer aligned to `ALIGN` inside an over-allocated vector (no unsafe).
-struct Window {
+/// A `WINDOW`-byte buffer aligned to `ALIGN` inside an over-allocated vector (no unsafe), with
+/// the file offset its first byte belongs at.
+pub(crate) struct Window {
     buf: Vec<u8>,
     start: usize,
-    len: usize,
+    /// File offset of the first byte.
+    pub(crate) off: u64,
+    /// Bytes filled.
+    pub(crate) len: usize,
 }
 
 impl Window {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let buf = vec![0u8; WINDOW + ALIGN];
         let misalign = buf.as_ptr() as usize % ALIGN;
         let start = (ALIGN - misalign) % ALIGN;
-        Window { buf, start, len: 0 }
+        Window {
+            buf,
+            start,
+            off: 0,
+            len: 0,
+        }
     }
-    fn filled(&self) -> &[u8] {
+    pub(crate) fn filled(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
+    pub(crate) fn room(&self) -> usize {
+        WINDOW - self.len
+    }
     /// Copies as much of `data` as fits; returns how much.
-    fn push(&mut self, data: &[u8]) -> usize {
-        let n = (WINDOW - self.len).min(data.len());
+    pub(crate) fn push(&mut self, data: &[u8]) -> usize {
+        let n = self.room().min(data.len());
         let at = self.start + self.len;
         self.buf[at..at + n].copy_from_slice(&data[..n]);
         self.len += n;
@@ -81,9 +93,8 @@ impl Window {
 /// Appends a stream to a file from offset 0, with O_DIRECT where the filesystem allows it.
 pub struct SequentialWriter {
     file: File,
+    /// The O_DIRECT descriptor and its window (whose offset is always a multiple of `WINDOW`).
     direct: Option<(File, Window)>,
-    /// File offset of the window's first byte (always a multiple of `WINDOW`).
-    window_off: u64,
     /// Bytes accepted so far (= the next offset expected).
     pos: u64,
 }
@@ -101,7 +112,6 @@ impl SequentialWriter {
         SequentialWriter {
             file,
             direct,
-            window_off: 0,
             pos: 0,
         }
     }
@@ -140,8 +150,8 @@ impl SequentialWriter {
             let n = window.push(rest);
             rest = &rest[n..];
             if window.len == WINDOW {
-                write_sparse(direct, window.filled(), self.window_off)?;
-                self.window_off += WINDOW as u64;
+                write_sparse(direct, window.filled(), window.off)?;
+                window.off += WINDOW as u64;
                 window.len = 0;
             }
         }
@@ -159,13 +169,13 @@ impl SequentialWriter {
             let w = window.filled();
             let aligned = w.len() - w.len() % ALIGN;
             if aligned > 0 {
-                write_sparse(direct, &w[..aligned], self.window_off)?;
+                write_sparse(direct, &w[..aligned], window.off)?;
             }
             if aligned < w.len() {
                 self.file
-                    .write_all_at(&w[aligned..], self.window_off + aligned as u64)?;
+                    .write_all_at(&w[aligned..], window.off + aligned as u64)?;
             }
-            self.window_off += w.len() as u64;
+            window.off += w.len() as u64;
             window.len = 0;
         }
         if self.file.metadata()?.len() < self.pos {

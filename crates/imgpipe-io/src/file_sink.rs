@@ -9,52 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use imgpipe_core::{DiskExtent, DiskInfo, Error, ErrorKind, Result, Sink, SinkReport};
 
+use crate::direct::{ALIGN, Window as Staging};
+
 /// Start write-back of this much dirty data at a time (buffered fallback only).
 const WRITE_BEHIND: u64 = 32 << 20;
 /// Largest zero buffer written at once when zeros must be written.
 const ZERO_BUF: usize = 1 << 20;
 /// Alignment of O_DIRECT buffers, offsets and lengths.
-const DIO_ALIGN: u64 = 4096;
-/// Size of the O_DIRECT staging buffer: contiguous extents are coalesced into writes this big.
-const STAGE: usize = 4 << 20;
-
-/// A `STAGE`-byte window aligned to `DIO_ALIGN` inside an over-allocated vector (no unsafe).
-struct Staging {
-    buf: Vec<u8>,
-    start: usize,
-    /// File offset of the window's first byte (aligned), and bytes filled.
-    off: u64,
-    len: usize,
-}
-
-impl Staging {
-    fn new() -> Self {
-        let buf = vec![0u8; STAGE + DIO_ALIGN as usize];
-        let misalign = buf.as_ptr() as usize % DIO_ALIGN as usize;
-        let start = if misalign == 0 {
-            0
-        } else {
-            DIO_ALIGN as usize - misalign
-        };
-        Staging {
-            buf,
-            start,
-            off: 0,
-            len: 0,
-        }
-    }
-    fn window(&self) -> &[u8] {
-        &self.buf[self.start..self.start + self.len]
-    }
-    fn room(&self) -> usize {
-        STAGE - self.len
-    }
-    fn push(&mut self, data: &[u8]) {
-        let at = self.start + self.len;
-        self.buf[at..at + data.len()].copy_from_slice(data);
-        self.len += data.len();
-    }
-}
+const DIO_ALIGN: u64 = ALIGN as u64;
 
 /// How the file sink treats zero runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,7 +132,7 @@ impl FileSink {
         let what = format!("writing {part} at byte {}", stage.off);
         let mut stage = Self::blocking(
             move || {
-                let w = stage.window();
+                let w = stage.filled();
                 let aligned = w.len() - w.len() % DIO_ALIGN as usize;
                 if aligned > 0 {
                     direct.write_all_at(&w[..aligned], stage.off)?;
@@ -222,9 +184,7 @@ impl FileSink {
                     "O_DIRECT staging buffer missing",
                 ));
             };
-            let n = s.room().min(data.len() - pos);
-            s.push(&data[pos..pos + n]);
-            pos += n;
+            pos += s.push(&data[pos..]);
             if s.room() == 0 {
                 self.flush_stage().await?;
             }
