@@ -13,16 +13,18 @@
 //! the second half the tweak key; keys whose halves are equal are refused (IEEE 1619-2018 and
 //! FIPS 140 IG A.9; OpenSSL and AWS-LC refuse them too).
 //!
-//! # Backends (chosen by measurement on the target machine class, see `benches/xts.rs`)
+//! # Backends (chosen by measurement on the target machine class, see `benches/xts.rs`;
+//! figures are thread CPU time per byte)
 //! * AES-256-XTS: AWS-LC's `EVP_aes_256_xts`, whose x86-64 VAES/AVX-512 code path runs at
-//!   about 0.12 ns/byte (thread CPU time) on 512-byte sectors, 0.05 on 4096-byte sectors.
-//!   Reached through `aws-lc-sys`; that FFI is confined to the private `awslc` module below.
-//! * AES-128-XTS: AWS-LC has no AES-128-XTS, and OpenSSL's, set up once per sector, spends
-//!   more on the per-sector setup than on the cipher (0.25 ns/byte on 512-byte sectors). So
+//!   about 0.12 ns/byte on 512-byte sectors, 0.05 on 4096-byte sectors. Reached through
+//!   `aws-lc-sys`; that FFI is confined to the private `awslc` module below.
+//! * AES-128-XTS, 512-byte sectors: AWS-LC has no AES-128-XTS, and OpenSSL's, set up once per
+//!   sector, spends more on the per-sector setup than on the cipher (0.29–0.34 ns/byte). So
 //!   XTS is assembled here ([`Backend::BulkEcb`]) over OpenSSL's bulk AES-128-ECB (AES-NI,
 //!   8 blocks in flight): the first tweaks of 16 KiB worth of sectors are encrypted in one ECB
 //!   call, the per-block tweaks follow by multiplication by α (SSE2, four sectors side by
-//!   side), and one ECB call encrypts the whitened run: about 0.16 ns/byte.
+//!   side), and one ECB call encrypts the whitened run: about 0.18 ns/byte.
+//! * AES-128-XTS, 4096-byte sectors: OpenSSL's XTS (0.12 ns/byte; the setup is amortised).
 //!
 //! [`Xts::encrypt_sectors_to`] encrypts from a shared input into a separate output, folding
 //! the copy a caller would otherwise make into the cipher.
@@ -152,8 +154,10 @@ impl Xts {
             return Err(XtsError::DuplicateKeyHalves { key_len: key.len() });
         }
         let backend = match backend {
-            Backend::Auto if key.len() == 64 => AUTO_256,
-            Backend::Auto => AUTO_128,
+            // Measured (module docs): the bulk construction wins only where OpenSSL's
+            // per-sector setup dominates, i.e. AES-128 on 512-byte sectors.
+            Backend::Auto if key.len() == 32 && sector_size == 512 => Backend::BulkEcb,
+            Backend::Auto => Backend::LibraryXts,
             b => b,
         };
         let key = Zeroizing::new(key.to_vec());
@@ -266,10 +270,6 @@ impl Xts {
         }
     }
 }
-
-/// Backends chosen by `cargo bench -p imgpipe-crypto --bench xts` (see the module docs).
-const AUTO_256: Backend = Backend::LibraryXts;
-const AUTO_128: Backend = Backend::BulkEcb;
 
 /// Cipher contexts for one thread at a time.
 enum Worker {

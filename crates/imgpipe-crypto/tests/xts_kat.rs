@@ -269,6 +269,8 @@ fn auto_picks_the_measured_backends() {
     let k32: Vec<u8> = (0..32).collect();
     assert_eq!(Xts::new(&k64, 512).unwrap().backend(), Backend::LibraryXts);
     assert_eq!(Xts::new(&k32, 512).unwrap().backend(), Backend::BulkEcb);
+    assert_eq!(Xts::new(&k64, 4096).unwrap().backend(), Backend::LibraryXts);
+    assert_eq!(Xts::new(&k32, 4096).unwrap().backend(), Backend::LibraryXts);
 }
 
 #[test]
