@@ -155,9 +155,10 @@ c_qemu_default() { warm "$q"; measure qemu.default "$1" qemu-img convert -f qcow
 # result), the cache filled for (e), and the page cache warmed.
 echo "checking outputs (untimed)" >&2
 clean; rm -rf "$DIR/cache"
-"$bin" run --progress never "$DIR/a.toml" >/dev/null; cmp "$raw" "$DIR/out.raw"; clean
-"$bin" run --progress never "$DIR/c.toml" >/dev/null; cmp "$raw" "$DIR/out.raw"; clean
-"$bin" run --progress never "$DIR/d.toml" >/dev/null
+quiet() { "$@" >"$DIR/err.tmp" 2>&1 || { cat "$DIR/err.tmp" >&2; echo "FAILED: $*" >&2; exit 1; }; }
+quiet "$bin" run --progress never "$DIR/a.toml"; cmp "$raw" "$DIR/out.raw"; clean
+quiet "$bin" run --progress never "$DIR/c.toml"; cmp "$raw" "$DIR/out.raw"; clean
+quiet "$bin" run --progress never "$DIR/d.toml"
 qemu-img compare -q --object "$secret" --image-opts \
   "driver=luks,key-secret=sec0,file.filename=$DIR/out.luks" "driver=raw,file.filename=$raw"
 clean
@@ -207,7 +208,7 @@ python3 "$here/compare_summary.py" "$TSV" "$OUT" \
   cpu="$(lscpu | sed -n 's/^Model name: *//p' | head -1)" cores="$(nproc)" \
   kernel="$(uname -r)" fs="$fs" load_start="$load_start" \
   load_end="$(cut -d' ' -f1-3 /proc/loadavg)" \
-  commit="$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- crates || echo +dirty)" \
+  repo_head="$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- crates || echo +dirty)" \
   date="$(date -u +%FT%TZ)" binary="$bin"
 python3 "$here/plot.py" "$OUT" "${OUT%.json}.svg"
 echo "results: $OUT  plot: ${OUT%.json}.svg" >&2
