@@ -56,13 +56,14 @@ unsafe extern "C" {
     fn rbd_get_size(image: ImageT, size: *mut u64) -> c_int;
     fn rbd_flush(image: ImageT) -> c_int;
     fn rbd_aio_create_completion(cb_arg: *mut c_void, cb: CallbackT, c: *mut CompletionT) -> c_int;
-    fn rbd_aio_write(
+    fn rbd_aio_writev(
         image: ImageT,
+        iov: *const libc::iovec,
+        iovcnt: c_int,
         off: u64,
-        len: usize,
-        buf: *const c_char,
         c: CompletionT,
     ) -> c_int;
+    fn rbd_get_stripe_unit(image: ImageT, stripe_unit: *mut u64) -> c_int;
     fn rbd_aio_wait_for_complete(c: CompletionT) -> c_int;
     fn rbd_aio_get_return_value(c: CompletionT) -> isize;
     fn rbd_aio_release(c: CompletionT);
@@ -127,11 +128,13 @@ impl Cluster {
     /// default, `admin`), read `conf` (`None` = the default search: `$CEPH_CONF`,
     /// `/etc/ceph/ceph.conf`, `~/.ceph/config`, `./ceph.conf`), apply `$CEPH_ARGS`, connect.
     ///
-    /// `defaults` are set before the config file is read, so the file overrides them.
+    /// `defaults` are set before the config file is read, so the file overrides them;
+    /// `overrides` are set after it, so they win over the file but not over `$CEPH_ARGS`.
     pub fn connect(
         conf: Option<&str>,
         id: Option<&str>,
         defaults: &[(&str, &str)],
+        overrides: &[(&str, &str)],
     ) -> CallResult<Arc<Cluster>> {
         let id = id.map(|i| cstr("client id", i)).transpose()?;
         let conf = conf.map(|c| cstr("ceph.conf path", c)).transpose()?;
@@ -148,13 +151,7 @@ impl Cluster {
         // From here on the handle is owned: Drop shuts it down on every error path below
         // (rados_shutdown is valid on a created but unconnected handle).
         let cluster = Cluster { raw };
-        for (k, v) in defaults {
-            let (ck, cv) = (cstr("option", k)?, cstr("option value", v)?);
-            // SAFETY: the handle is live and not yet connected; both strings are valid for the
-            // call and copied by librados.
-            let ret = unsafe { rados_conf_set(cluster.raw, ck.as_ptr(), cv.as_ptr()) };
-            rc(ret.into(), || format!("rados_conf_set({k}={v})"))?;
-        }
+        cluster.set_all(defaults)?;
         // SAFETY: live, unconnected handle; `conf` is NULL (default search) or a valid path
         // string for the duration of the call.
         let ret = unsafe {
@@ -167,6 +164,7 @@ impl Cluster {
             Some(c) => format!("rados_conf_read_file({})", c.to_string_lossy()),
             None => "rados_conf_read_file(default search: $CEPH_CONF, /etc/ceph/ceph.conf)".into(),
         })?;
+        cluster.set_all(overrides)?;
         // SAFETY: live, unconnected handle; NULL selects the CEPH_ARGS variable.
         let ret = unsafe { rados_conf_parse_env(cluster.raw, std::ptr::null()) };
         rc(ret.into(), || "rados_conf_parse_env(CEPH_ARGS)".into())?;
@@ -174,6 +172,18 @@ impl Cluster {
         let ret = unsafe { rados_connect(cluster.raw) };
         rc(ret.into(), || "rados_connect".into())?;
         Ok(Arc::new(cluster))
+    }
+
+    /// `rados_conf_set` each option (before connecting).
+    fn set_all(&self, options: &[(&str, &str)]) -> CallResult<()> {
+        for (k, v) in options {
+            let (ck, cv) = (cstr("option", k)?, cstr("option value", v)?);
+            // SAFETY: the handle is live and not yet connected; both strings are valid for the
+            // call and copied by librados.
+            let ret = unsafe { rados_conf_set(self.raw, ck.as_ptr(), cv.as_ptr()) };
+            rc(ret.into(), || format!("rados_conf_set({k}={v})"))?;
+        }
+        Ok(())
     }
 }
 
@@ -327,6 +337,18 @@ impl Image {
         Ok(size)
     }
 
+    /// The stripe unit in bytes: the object size for images without fancy striping (the
+    /// default). Writes that do not cross a multiple of it touch one RADOS object each.
+    pub fn stripe_unit(&self) -> CallResult<u64> {
+        let mut unit = 0u64;
+        // SAFETY: open image handle; valid out-pointer.
+        let ret = unsafe { rbd_get_stripe_unit(self.raw, &mut unit) };
+        rc(ret.into(), || {
+            format!("rbd_get_stripe_unit({})", self.describe())
+        })?;
+        Ok(unit)
+    }
+
     /// Wait until every write completed so far is persistent.
     pub fn flush(&self) -> CallResult<()> {
         // SAFETY: open image handle.
@@ -359,50 +381,85 @@ impl Drop for Image {
     }
 }
 
-/// One in-flight `rbd_aio_write`. Owns the buffer librbd reads from and the completion; both
-/// are released only after the operation completed ([`AioWrite::wait`] or Drop).
+/// One in-flight `rbd_aio_writev`. Owns the buffers librbd reads from and the completion;
+/// both are released only after the operation completed ([`AioWrite::wait`] or Drop).
+///
+/// The buffers are handed to librbd as an iovec array, so no copy is made here. Whether librbd
+/// copies them is its `rbd_disable_zero_copy_writes` setting (and a writeback cache, which
+/// forces a copy): with zero-copy writes, librbd references the caller's memory until the
+/// OSDs have answered, and delays the completion until its last reference is gone — which is
+/// why the buffers stay owned here until the completion has fired.
 pub(crate) struct AioWrite {
     completion: CompletionT,
     waited: bool,
     offset: u64,
-    _data: Bytes,
+    len: usize,
+    _data: Vec<Bytes>,
     image: Arc<Image>,
 }
 
-// SAFETY: a librbd completion may be waited on and released from any thread; the buffer is an
+// SAFETY: a librbd completion may be waited on and released from any thread; the buffers are
 // immutable `Bytes`; the image is Send + Sync.
 unsafe impl Send for AioWrite {}
 
 impl AioWrite {
-    /// Queue a write of `data` at `offset`. Does not wait for the network.
-    pub fn submit(image: &Arc<Image>, offset: u64, data: Bytes) -> CallResult<AioWrite> {
-        let len = data.len();
+    /// Queue one write of the concatenation of `segments` at `offset`. Does not wait for the
+    /// network. Empty segments are dropped; `segments` must hold at least one byte.
+    pub fn submit(image: &Arc<Image>, offset: u64, segments: Vec<Bytes>) -> CallResult<AioWrite> {
+        let segments: Vec<Bytes> = segments.into_iter().filter(|b| !b.is_empty()).collect();
+        let len: usize = segments.iter().map(Bytes::len).sum();
+        let what = || {
+            format!(
+                "rbd_aio_writev({}, offset {offset}, {len} bytes)",
+                image.describe()
+            )
+        };
+        let count = c_int::try_from(segments.len()).map_err(|_| CallError {
+            call: format!("{}: {} segments", what(), segments.len()),
+            errno: libc::EINVAL,
+        })?;
+        if count == 0 {
+            return Err(CallError {
+                call: format!("{}: nothing to write", what()),
+                errno: libc::EINVAL,
+            });
+        }
+        // librbd reads the array during the call only (it builds its own buffer list from it);
+        // the memory the entries point to must live until completion, and does: `segments`
+        // moves into the AioWrite below, and moving a Vec<Bytes> does not move the bytes.
+        let iov: Vec<libc::iovec> = segments
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr().cast_mut().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
         let mut c: CompletionT = std::ptr::null_mut();
         // SAFETY: valid out-pointer; no callback (we wait with rbd_aio_wait_for_complete).
         let ret = unsafe { rbd_aio_create_completion(std::ptr::null_mut(), None, &mut c) };
         rc(ret.into(), || "rbd_aio_create_completion".into())?;
-        // SAFETY: open image kept alive by the Arc (stored in the AioWrite below); `data` is a
-        // valid readable buffer of `len` bytes that the AioWrite keeps alive until the completion
-        // has fired; `c` is a fresh completion.
-        let ret = unsafe { rbd_aio_write(image.raw, offset, len, data.as_ptr().cast(), c) };
+        // SAFETY: open image kept alive by the Arc (stored in the AioWrite below); `iov` holds
+        // `count` entries, each pointing at `iov_len` readable bytes of a `Bytes` that the
+        // AioWrite keeps alive, unmodified (Bytes is immutable), until the completion has fired;
+        // librbd never writes through iov_base (the *mut is only the C type); `c` is a fresh
+        // completion.
+        let ret = unsafe { rbd_aio_writev(image.raw, iov.as_ptr(), count, offset, c) };
         let op = AioWrite {
             completion: c,
             waited: false,
             offset,
-            _data: data,
+            len,
+            _data: segments,
             image: image.clone(),
         };
         if ret < 0 {
-            // librbd (every release since 12) queues the write and reports errors through the
-            // completion, returning 0. Should one ever return an error here, we cannot know
-            // whether the operation was queued: leak the completion and the buffer rather than
-            // free memory librbd might still use.
+            // librbd queues the write and reports errors through the completion; it returns an
+            // error here only for argument checks made before queueing (e.g. an iovec length
+            // overflow). We cannot be sure nothing was queued, so leak the completion and the
+            // buffers rather than free memory librbd might still use.
             std::mem::forget(op);
             return Err(CallError {
-                call: format!(
-                    "rbd_aio_write({}, offset {offset}, {len} bytes)",
-                    image.describe()
-                ),
+                call: what(),
                 errno: ret.saturating_neg(),
             });
         }
@@ -411,15 +468,16 @@ impl AioWrite {
 
     /// Block until the write completed; its result.
     pub fn wait(mut self) -> CallResult<()> {
-        // SAFETY: the completion is live (released only in Drop) and was passed to rbd_aio_write.
+        // SAFETY: the completion is live (released only in Drop) and was passed to
+        // rbd_aio_writev.
         unsafe { rbd_aio_wait_for_complete(self.completion) };
         self.waited = true;
         // SAFETY: the operation has completed, so its return value is set.
         let ret = unsafe { rbd_aio_get_return_value(self.completion) };
-        let (offset, len) = (self.offset, self._data.len());
+        let (offset, len) = (self.offset, self.len);
         rc(ret as i64, || {
             format!(
-                "rbd_aio_write({}, offset {offset}, {len} bytes)",
+                "rbd_aio_writev({}, offset {offset}, {len} bytes)",
                 self.image.describe()
             )
         })?;
@@ -433,8 +491,9 @@ impl Drop for AioWrite {
             // SAFETY: live completion of a submitted write: wait so the buffer outlives the op.
             unsafe { rbd_aio_wait_for_complete(self.completion) };
         }
-        // SAFETY: the operation completed; the completion is released exactly once, after which
-        // `_data` (the buffer) may be freed.
+        // SAFETY: the operation completed (and, with zero-copy writes, librbd has dropped its
+        // last reference to the buffers before completing); the completion is released exactly
+        // once, after which `_data` (the buffers) may be freed.
         unsafe { rbd_aio_release(self.completion) };
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! [`RbdSink`] writes the disk into a **new** RBD image created under a temporary name
 //! (`<image>.imgpipe-tmp-<random>`, image format 2, sized from [`DiskInfo::size`]), keeps several
-//! `rbd_aio_write`s in flight, and on [`Sink::finish`] flushes, closes and renames the image to
+//! `rbd_aio_writev`s in flight, and on [`Sink::finish`] flushes, closes and renames the image to
 //! its final name — refusing to overwrite an image that already exists. [`Sink::abort`] removes
 //! the temporary image. Zero runs are skipped (a new RBD image reads zeros where nothing was
 //! written) unless the extents are ciphertext or [`RbdZeroes::Write`] is asked for.
+//!
+//! No byte is copied on the client before the kernel's socket copy: contiguous extents are
+//! gathered as an iovec array over their own buffers (one write per RADOS object at most), and
+//! the sink turns on librbd's zero-copy writes (`rbd_disable_zero_copy_writes = false`,
+//! `rbd_cache = false`, after the config file, before `$CEPH_ARGS`), keeping each buffer alive
+//! until its write completed.
 //!
 //! librbd/librados are linked only with the cargo feature `librbd` (Debian: `librbd-dev`,
 //! `librados-dev`). Without it the crate still builds and exports the same API, but
@@ -41,6 +47,10 @@ pub const LIBRBD: bool = cfg!(feature = "librbd");
 
 /// Default number of writes kept in flight.
 pub const DEFAULT_QUEUE_DEPTH: usize = 12;
+
+/// Environment override of [`RbdOptions::queue_depth`] (writes kept in flight, 1..=64), read by
+/// `RbdSink::new`; for measurements.
+pub const WRITES_IN_FLIGHT_ENV: &str = "IMGPIPE_RBD_WRITES_IN_FLIGHT";
 
 /// How the sink treats zero runs ([`imgpipe_core::DiskExtent::Zero`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
