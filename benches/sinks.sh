@@ -33,8 +33,10 @@
 #               fdatasync, first MiB written last, fdatasync).
 #   rbd import  rbd -c CONF import IMG rbd/NAME (image format 2, 4 MiB objects, its own
 #               sparse detection: all-zero blocks are not written)
-#   imgpipe     imgpipe run as above into [sink] rbd = {...}: temporary image, librbd aio writes,
-#               zero runs skipped, flush, close, rename.
+#   imgpipe     imgpipe run as above into [sink] rbd = {...}: temporary image, librbd
+#               rbd_aio_writev over the chunks' own buffers (one write per 4 MiB object, 12 in
+#               flight, zero-copy: rbd_disable_zero_copy_writes=false, rbd_cache=false), zero runs
+#               skipped, flush, close, rename. IMGPIPE_RBD_WRITES_IN_FLIGHT=N changes the depth.
 # Between contenders the loop device is discarded (`blkdiscard`: holes punched in its sparse
 # backing file, so every writer allocates afresh) and RBD images are removed.
 #
