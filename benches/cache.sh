@@ -9,6 +9,8 @@
 #   bound.sha512  openssl dgst -sha512 of the same bytes (page-cached)
 #   bound.disk    the entry's data file read from disk (caches dropped) piped into
 #                 dd oflag=direct conv=sparse to the same filesystem: the device's read+write bound
+#   Every imgpipe run starts with the page cache dropped (the source image, the entry are read
+#   from disk by all three), so no contender inherits another's cached pages.
 #   A warm run reads the entry from disk (the page cache is dropped before it, as it would be
 #   hours after the fill) and writes the disk: its bound is the slower of the two.
 #
@@ -43,8 +45,9 @@ run() { # $1 spec → seconds; fails loudly when the run fails
 declare -A T
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 for r in $(seq "$RUNS"); do
+  drop_caches
   T[uncached]+="$(run "$DIR/uncached.toml") "
-  rm -rf "$DIR/cache"
+  rm -rf "$DIR/cache"; drop_caches
   T[cold]+="$(run "$DIR/cached.toml") "
   grep -q '"cache.fill"' "$DIR/report.json" || { echo "cold run did not fill"; exit 1; }
   drop_caches
