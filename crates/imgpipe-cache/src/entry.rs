@@ -15,6 +15,7 @@ use imgpipe_io::{ReaderSource, SequentialWriter};
 use imgpipe_spec::Spec;
 
 use crate::lock::{EntryLock, Mode};
+use crate::raw::{RawDigestCheck, RawTee, RawTeeState};
 use crate::sidecar::{SIDECAR_VERSION, Sidecar, SignatureRecord, is_strong};
 use crate::{Cache, CacheKey, Paths, io_err, sync_dir};
 
@@ -116,6 +117,14 @@ impl Hit {
     /// The data file.
     pub fn data_path(&self) -> &std::path::Path {
         &self.paths.data
+    }
+
+    /// Mode `raw`: the check the cached disk must stream through (keyed digest and length
+    /// from the authenticated sidecar). `None` for an original entry.
+    pub fn raw_check(&self) -> Option<Box<dyn Observer>> {
+        let rec = self.sidecar.raw.clone()?;
+        let key = self.cache.raw_key()?;
+        Some(Box::new(RawDigestCheck::new(key, rec)))
     }
 
     /// The sidecar expectations to add to `request`'s checks: the strong sidecar digest that
@@ -337,6 +346,7 @@ pub struct Fill {
     lock: EntryLock,
     file: Option<File>,
     state: Arc<Mutex<TeeState>>,
+    raw_state: Option<Arc<Mutex<RawTeeState>>>,
 }
 
 impl Fill {
@@ -356,7 +366,35 @@ impl Fill {
             lock,
             file: Some(file),
             state: Arc::new(Mutex::new(TeeState::default())),
+            raw_state: None,
         })
+    }
+
+    /// Whether this fill stores the decoded disk (`mode = "raw"`): use [`Self::raw_tee`] on
+    /// the disk stage instead of [`Self::tee`].
+    pub fn is_raw(&self) -> bool {
+        self.cache.is_raw()
+    }
+
+    /// Mode `raw`: the writer of decoded extents (call once; feed it every extent before
+    /// encryption, then [`RawTee::finish`] with the virtual size).
+    ///
+    /// # Errors
+    /// `Internal` on a second call, or when the cache has no raw key.
+    pub fn raw_tee(&mut self) -> Result<RawTee> {
+        let key = self.cache.raw_key().cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "Fill::raw_tee on a cache without a raw key",
+            )
+        })?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "the fill's file was already taken"))?;
+        let state = Arc::new(Mutex::new(RawTeeState::default()));
+        self.raw_state = Some(state.clone());
+        Ok(RawTee::new(file, self.paths.part.clone(), key, state))
     }
 
     /// The key.
@@ -400,6 +438,9 @@ impl Fill {
     /// # Errors
     /// `Io` when publishing or cleaning up fails (the instance run itself is unaffected).
     pub async fn finish(self, request: &Spec, outcome: &RunOutcome) -> Result<FillOutcome> {
+        if let Some(rs) = self.raw_state.clone() {
+            return self.finish_raw(request, outcome, &rs);
+        }
         let state = match self.state.lock() {
             Ok(s) => (s.finished, s.bytes, s.error.clone()),
             Err(_) => (false, 0, Some("tee state poisoned".into())),
@@ -418,12 +459,26 @@ impl Fill {
             self.abandon()?;
             return Ok(FillOutcome::Abandoned { reason });
         }
-        let mut sc = Sidecar {
+        let mut sc = self.new_sidecar("original", outcome);
+        sc.absorb(&outcome.findings);
+        if sc.strong_digests().is_empty() {
+            self.abandon()?;
+            return Ok(FillOutcome::Abandoned {
+                reason: "no collision-resistant digest was computed (build the run from \
+                         Fill::spec)"
+                    .into(),
+            });
+        }
+        self.finish_publish(request, sc)
+    }
+
+    fn new_sidecar(&self, mode: &str, outcome: &RunOutcome) -> Sidecar {
+        Sidecar {
             version: SIDECAR_VERSION,
             id: self.key.id.clone(),
             label: self.key.label.clone(),
             source: outcome.source.clone(),
-            mode: "original".into(),
+            mode: mode.into(),
             size: outcome.bytes_read,
             format: None,
             virtual_size: None,
@@ -435,19 +490,61 @@ impl Fill {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             writer: format!("imgpipe-cache {}", env!("CARGO_PKG_VERSION")),
-        };
-        sc.absorb(&outcome.findings);
-        if sc.strong_digests().is_empty() {
-            self.abandon()?;
-            return Ok(FillOutcome::Abandoned {
-                reason: "no collision-resistant digest was computed (build the run from \
-                         Fill::spec)"
-                    .into(),
-            });
+            raw: None,
+            mac: None,
         }
+    }
+
+    /// Mode `raw`: publish when the run succeeded and the raw tee hashed and synced the whole
+    /// disk; the sidecar carries the keyed digest and the MAC.
+    fn finish_raw(
+        self,
+        request: &Spec,
+        outcome: &RunOutcome,
+        rs: &Mutex<RawTeeState>,
+    ) -> Result<FillOutcome> {
+        let (done, error) = match rs.lock() {
+            Ok(s) => (s.done.clone(), s.error.clone()),
+            Err(_) => (None, Some("raw tee state poisoned".into())),
+        };
+        let mut sc = self.new_sidecar("raw", outcome);
+        sc.absorb(&outcome.findings);
+        let reason = match (&outcome.result, done, error) {
+            (Err(e), _, _) => Some(format!("the run failed: {e}")),
+            (Ok(_), _, Some(err)) => Some(format!("writing the raw cache copy failed: {err}")),
+            (Ok(_), None, None) => Some("the raw cache tee did not see the whole disk".into()),
+            (Ok(_), Some(rec), None) => match sc.virtual_size {
+                Some(v) if v != rec.virtual_size => Some(format!(
+                    "the raw cache copy has {} bytes, the disk {v}",
+                    rec.virtual_size
+                )),
+                _ => {
+                    sc.virtual_size = Some(rec.virtual_size);
+                    sc.raw = Some(rec);
+                    None
+                }
+            },
+        };
+        if let Some(reason) = reason {
+            self.abandon()?;
+            return Ok(FillOutcome::Abandoned { reason });
+        }
+        self.finish_publish(request, sc)
+    }
+
+    fn finish_publish(self, request: &Spec, mut sc: Sidecar) -> Result<FillOutcome> {
         if let Some(s) = &request.verify.signature {
             let passed = sc.checks_passed.iter().any(|c| c == "signature");
             sc.signature = Some(SignatureRecord::from_spec(s, passed));
+        }
+        if sc.mode == "raw" {
+            let Some(key) = self.cache.raw_key() else {
+                self.abandon()?;
+                return Ok(FillOutcome::Abandoned {
+                    reason: "no raw key".into(),
+                });
+            };
+            sc.mac = Some(key.mac_of(&sc));
         }
         if let Err(e) = self.publish(&sc) {
             let _ = self.cache.clear_files(&self.paths, false);

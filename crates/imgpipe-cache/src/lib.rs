@@ -24,13 +24,14 @@
 //! - **Eviction** by last use (the data file's mtime, set on every hit) and total size
 //!   ([`Cache::evict`]), skipping entries in use.
 //!
-//! Mode `raw` (caching the decoded disk, like Nova's `force_raw_images`) is refused: the
-//! decoded disk cannot be re-verified against the image digests or signature on a hit, which is
-//! the point of this cache; decoding on every use is cheap in comparison to hashing.
+//! Mode `raw` (caching the decoded disk, like Nova's `force_raw_images`): the decoded disk
+//! cannot be re-checked against the image's digests or signature, so raw entries are bound to
+//! what their fill verified by a key kept outside the cache directory ([`raw`]).
 
 mod entry;
 mod lock;
 mod maint;
+pub mod raw;
 mod sidecar;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use imgpipe_spec::{CacheSpec, SourceSpec, Spec};
 
 pub use entry::{CacheTee, CachedSource, Entry, Fill, FillOutcome, Hit, HitDone, HitOutcome, Pins};
 pub use maint::{EntryInfo, EntryState, EvictPolicy, EvictReport, PruneReport, VerifyResult};
+pub use raw::{RawDigestCheck, RawKey, RawRecord, RawTee};
 pub use sidecar::{SIDECAR_VERSION, Sidecar, SignatureRecord, is_strong};
 
 use lock::Mode;
@@ -66,11 +68,24 @@ pub(crate) struct Paths {
 }
 
 /// A cache directory and its bounds.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Cache {
     dir: PathBuf,
     max_size: Option<u64>,
     max_age: Option<Duration>,
+    /// `Some` in mode `raw` (and for maintenance given a key): authenticates raw entries.
+    raw_key: Option<RawKey>,
+    /// Lookups fill and hit raw entries.
+    raw: bool,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("dir", &self.dir)
+            .field("raw", &self.raw)
+            .finish_non_exhaustive()
+    }
 }
 
 pub(crate) fn io_err(what: impl std::fmt::Display, path: &Path, e: std::io::Error) -> Error {
@@ -85,25 +100,31 @@ impl Cache {
     /// Open (creating) the cache directory and remove stale partial files left by killed
     /// fillers (only those whose entry lock is free).
     ///
+    /// In mode `raw` the key file (`key_file`, default
+    /// [`imgpipe_spec::DEFAULT_CACHE_KEY_FILE`]) is loaded, or created when absent.
+    ///
     /// # Errors
-    /// `Unsupported` for `mode = "raw"`; `Io` when the directory cannot be created or read.
+    /// `Io` when the directory cannot be created or read; `Spec`/`Io` for an unusable key file
+    /// ([`RawKey::load_or_create`]).
     pub fn open(spec: &CacheSpec) -> Result<Cache> {
-        if spec.raw {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "cache mode \"raw\" is not supported: a decoded disk cannot be re-verified \
-                 against the image digests and signature on every use; use mode = \"original\"",
-            ));
-        }
         std::fs::create_dir_all(&spec.dir).map_err(|e| io_err("cannot create", &spec.dir, e))?;
         let dir = spec
             .dir
             .canonicalize()
             .map_err(|e| io_err("cannot resolve", &spec.dir, e))?;
+        let raw_key = if spec.raw {
+            let default = PathBuf::from(imgpipe_spec::DEFAULT_CACHE_KEY_FILE);
+            let path = spec.key_file.as_ref().unwrap_or(&default);
+            Some(RawKey::load_or_create(path, &dir)?)
+        } else {
+            None
+        };
         let cache = Cache {
             dir,
             max_size: spec.max_size,
             max_age: spec.max_age,
+            raw_key,
+            raw: spec.raw,
         };
         cache.prune()?;
         Ok(cache)
@@ -122,7 +143,25 @@ impl Cache {
             dir,
             max_size: None,
             max_age: None,
+            raw_key: None,
+            raw: false,
         })
+    }
+
+    /// Use `key` to check raw entries (maintenance: `verify` of raw entries needs it).
+    pub fn with_raw_key(mut self, key: RawKey) -> Self {
+        self.raw_key = Some(key);
+        self
+    }
+
+    /// Whether lookups use raw entries.
+    pub fn is_raw(&self) -> bool {
+        self.raw
+    }
+
+    /// The key of raw entries, when known.
+    pub fn raw_key(&self) -> Option<&RawKey> {
+        self.raw_key.as_ref()
     }
 
     /// The (canonical) cache directory.
@@ -195,9 +234,10 @@ impl Cache {
                 material.push('\n');
             }
         }
+        let mode = if self.raw { "raw" } else { "original" };
         let id = sidecar::hex(&hash::digest(
             Algorithm::Sha256,
-            format!("imgpipe-cache/1 original\n{material}").as_bytes(),
+            format!("imgpipe-cache/1 {mode}\n{material}").as_bytes(),
         ));
         Some(CacheKey { id, label })
     }
@@ -217,6 +257,10 @@ impl Cache {
                 .await
                 .map_err(|e| io_err("cannot lock", &p.lock, e))?;
             if let Some(sc) = self.read_complete(&p, &key.id) {
+                if self.raw && !self.raw_sidecar_ok(&sc) {
+                    drop(shared);
+                    return Err(self.reject_raw_sidecar(&p, &key.id).await);
+                }
                 return Ok(Entry::Hit(Hit::new(self, key.clone(), p, sc, shared)));
             }
             drop(shared);
@@ -244,16 +288,51 @@ impl Cache {
         }
     }
 
+    /// A raw sidecar this cache may trust: mode raw, a raw record, and this key's MAC.
+    pub(crate) fn raw_sidecar_ok(&self, sc: &Sidecar) -> bool {
+        sc.mode == "raw" && sc.raw.is_some() && self.raw_key.as_ref().is_some_and(|k| k.mac_ok(sc))
+    }
+
+    /// A raw hit's sidecar must carry this cache's MAC. When it does not (rewritten, copied
+    /// from another entry, written with another key), the entry is removed under the exclusive
+    /// lock and the run is rejected with `cache.mac`.
+    async fn reject_raw_sidecar(&self, p: &Paths, id: &str) -> Error {
+        let mut note = "the entry was removed";
+        match lock::acquire(&p.lock, Mode::Exclusive).await {
+            Ok(excl) => {
+                if let Some(sc) = self.read_complete(p, id)
+                    && !self.raw_sidecar_ok(&sc)
+                    && self.clear_files(p, false).is_err()
+                {
+                    note = "removing the entry failed";
+                }
+                drop(excl);
+            }
+            Err(_) => note = "the entry could not be locked for removal",
+        }
+        Error::check(
+            ErrorKind::DigestMismatch,
+            "cache.mac",
+            format!(
+                "cache entry {id}: its sidecar is not authenticated by this cache's key \
+                 (rewritten, copied, or written with another key); {note}"
+            ),
+        )
+    }
+
     /// The sidecar when the entry is complete: sidecar parses, names this id, and the data file
     /// exists. Anything else is "no entry" (a filler under the exclusive lock cleans it up).
+    /// Completeness is structural and does not depend on the key (pruning must not remove a
+    /// raw entry because the key is not at hand); raw hits check the MAC separately.
     pub(crate) fn read_complete(&self, p: &Paths, id: &str) -> Option<Sidecar> {
         let text = std::fs::read(&p.sidecar).ok()?;
         let sc: Sidecar = serde_json::from_slice(&text).ok()?;
-        if sc.id != id
-            || sc.version != SIDECAR_VERSION
-            || sc.mode != "original"
-            || sc.strong_digests().is_empty()
-        {
+        let shape_ok = match sc.mode.as_str() {
+            "original" => !sc.strong_digests().is_empty(),
+            "raw" => sc.raw.is_some(),
+            _ => false,
+        };
+        if sc.id != id || sc.version != SIDECAR_VERSION || !shape_ok {
             return None;
         }
         let meta = std::fs::metadata(&p.data).ok()?;

@@ -9,6 +9,7 @@ use imgpipe_crypto::hash::{Hasher, hex_eq};
 use serde::Serialize;
 
 use crate::lock::{self, Mode};
+use crate::raw::RawKey;
 use crate::sidecar::{Sidecar, hex};
 use crate::{Cache, io_err, is_id};
 
@@ -94,7 +95,45 @@ fn mtime_unix(t: SystemTime) -> Option<u64> {
 }
 
 /// Re-hash `path` with every algorithm the sidecar records and compare.
-fn rehash(path: &Path, sc: &Sidecar) -> std::io::Result<(u64, Vec<String>)> {
+/// Mode `raw`: the sidecar's MAC, then the data file's keyed digest and length.
+fn rehash_raw(
+    path: &Path,
+    sc: &Sidecar,
+    key: Option<&RawKey>,
+) -> std::io::Result<(u64, Vec<String>)> {
+    let (Some(key), Some(rec)) = (key, &sc.raw) else {
+        return Ok((
+            0,
+            vec![
+                "cache.key: a raw entry can only be verified with the cache key (--key-file)"
+                    .into(),
+            ],
+        ));
+    };
+    if !key.mac_ok(sc) {
+        return Ok((
+            0,
+            vec!["cache.mac: the sidecar is not authenticated by this key".into()],
+        ));
+    }
+    let (n, h) = crate::raw::keyed_file_digest(key, path)?;
+    let mut problems = Vec::new();
+    if n != rec.virtual_size {
+        problems.push(format!(
+            "cache.raw_size: the data file has {n} bytes, the sidecar says {}",
+            rec.virtual_size
+        ));
+    }
+    if hex(h.as_bytes()) != rec.keyed_blake3 {
+        problems.push("cache.raw_digest: the data file no longer matches its keyed digest".into());
+    }
+    Ok((n, problems))
+}
+
+fn rehash(path: &Path, sc: &Sidecar, key: Option<&RawKey>) -> std::io::Result<(u64, Vec<String>)> {
+    if sc.mode == "raw" {
+        return rehash_raw(path, sc, key);
+    }
     let digests = sc.known_digests();
     let mut hashers: Vec<Hasher> = digests.iter().map(|(a, _)| Hasher::new(*a)).collect();
     let mut f = std::fs::File::open(path)?;
@@ -222,10 +261,12 @@ impl Cache {
             Some(sc) => {
                 r.label = Some(sc.label.clone());
                 let data = p.data.clone();
-                let (n, problems) = tokio::task::spawn_blocking(move || rehash(&data, &sc))
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Internal, format!("rehash task: {e}")))?
-                    .map_err(|e| io_err("cannot read", &p.data, e))?;
+                let key = self.raw_key().cloned();
+                let (n, problems) =
+                    tokio::task::spawn_blocking(move || rehash(&data, &sc, key.as_ref()))
+                        .await
+                        .map_err(|e| Error::new(ErrorKind::Internal, format!("rehash task: {e}")))?
+                        .map_err(|e| io_err("cannot read", &p.data, e))?;
                 r.bytes = n;
                 r.ok = problems.is_empty();
                 r.problems = problems;

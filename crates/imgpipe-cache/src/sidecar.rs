@@ -24,7 +24,8 @@ pub struct Sidecar {
     pub label: String,
     /// The source description the fill read from.
     pub source: String,
-    /// `"original"`: the data file holds the image bytes exactly as the source stored them.
+    /// `"original"`: the data file holds the image bytes exactly as the source stored them;
+    /// `"raw"`: the decoded disk (see [`crate::raw`]).
     pub mode: String,
     /// Byte count of the data file.
     pub size: u64,
@@ -42,6 +43,12 @@ pub struct Sidecar {
     pub created_unix: u64,
     /// The imgpipe-cache version that wrote it.
     pub writer: String,
+    /// Mode `raw`: the decoded disk's length and keyed digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<crate::raw::RawRecord>,
+    /// Mode `raw`: keyed BLAKE3 of this record (with `mac` absent) under the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// What the fill's signature check used (an audit record: every hit re-verifies with the

@@ -241,10 +241,21 @@ fn keys_and_modes() {
             .key_for(&imgpipe::Spec::new(SourceSpec::Stdin))
             .is_none()
     );
+    // Mode raw needs a key outside the cache directory; its entries are keyed apart from
+    // original ones, so the two modes never read each other's entries.
+    let keys = tempfile::tempdir().unwrap();
     let mut raw = cache_spec(t.path());
     raw.raw = true;
+    raw.key_file = Some(t.path().join("inside.key"));
     let e = Cache::open(&raw).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert_eq!(e.kind(), ErrorKind::Spec);
+    raw.key_file = Some(keys.path().join("k"));
+    let raw_cache = Cache::open(&raw).unwrap();
+    let file = imgpipe::Spec::new(SourceSpec::File(t.path().join("img")));
+    assert_ne!(
+        raw_cache.key_for(&file).unwrap().id,
+        cache.key_for(&file).unwrap().id
+    );
 }
 
 /// The tee writes exactly the stream whatever the chunking.

@@ -15,6 +15,10 @@ pub struct CacheArgs {
     /// Print JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The key of `mode = "raw"` entries (the spec's `[cache] key_file`; default
+    /// /var/lib/imgpipe/cache.key when it exists). `verify` needs it for raw entries.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub action: CacheAction,
 }
@@ -104,10 +108,21 @@ fn ago(unix: Option<u64>) -> String {
 pub async fn run(args: CacheArgs) -> i32 {
     let json = args.json;
     // No pruning on open: `list` must show leftovers, `prune` removes them explicitly.
-    let cache = match Cache::open_dir(&args.dir) {
+    let mut cache = match Cache::open_dir(&args.dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let default_key = PathBuf::from(imgpipe::spec::DEFAULT_CACHE_KEY_FILE);
+    let key_file = match &args.key_file {
+        Some(k) => Some(k.clone()),
+        None => default_key.exists().then_some(default_key),
+    };
+    if let Some(k) = key_file {
+        match imgpipe_cache::RawKey::load(&k, cache.dir()) {
+            Ok(key) => cache = cache.with_raw_key(key),
+            Err(e) => return fail(e),
+        }
+    }
     match args.action {
         CacheAction::List => {
             let list = match cache.list() {
@@ -120,8 +135,8 @@ pub async fn run(args: CacheArgs) -> i32 {
             }
             let total: u64 = list.iter().map(|e| e.bytes).sum();
             println!(
-                "{:<12}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  label",
-                "id", "state", "size", "format", "digests", "used"
+                "{:<12}  {:<8}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  label",
+                "id", "state", "mode", "size", "format", "digests", "used"
             );
             for e in &list {
                 let state = match e.state {
@@ -131,9 +146,10 @@ pub async fn run(args: CacheArgs) -> i32 {
                 };
                 let sc = e.sidecar.as_ref();
                 println!(
-                    "{:<12}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  {}",
+                    "{:<12}  {:<8}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  {}",
                     &e.id[..12],
                     state,
+                    sc.map(|s| s.mode.as_str()).unwrap_or("-"),
                     human(e.bytes),
                     sc.and_then(|s| s.format.as_deref()).unwrap_or("-"),
                     sc.map(|s| s.digests.keys().cloned().collect::<Vec<_>>().join(","))

@@ -305,6 +305,10 @@ pub struct SinkSpec {
     pub zeroes: Option<ZeroPolicy>,
 }
 
+/// Where the key of `mode = "raw"` cache entries lives when the spec names none (host-local,
+/// created on first use).
+pub const DEFAULT_CACHE_KEY_FILE: &str = "/var/lib/imgpipe/cache.key";
+
 /// The verified image cache.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CacheSpec {
@@ -312,6 +316,9 @@ pub struct CacheSpec {
     pub dir: PathBuf,
     /// Store the original bytes or the decoded raw disk.
     pub raw: bool,
+    /// Key authenticating raw entries (`mode = "raw"`): a file of at least 32 random bytes
+    /// outside the cache directory. `None`: [`DEFAULT_CACHE_KEY_FILE`].
+    pub key_file: Option<PathBuf>,
     /// Total size bound.
     pub max_size: Option<u64>,
     /// Evict entries unused for longer than this.
@@ -1063,12 +1070,14 @@ impl Reader<'_> {
                 false
             }
         };
+        let key_file = t.string("key_file", p);
         let max_size = t.size("max_size", p);
         let max_age = t.duration("max_age", p);
-        t.finish(p, &["dir", "mode", "max_size", "max_age"]);
+        t.finish(p, &["dir", "mode", "key_file", "max_size", "max_age"]);
         Some(CacheSpec {
             dir: self.path(&dir?),
             raw,
+            key_file: key_file.map(|k| self.path(&k)),
             max_size,
             max_age,
         })

@@ -675,9 +675,31 @@ pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUs
     let mut extra: Vec<Box<dyn Observer>> = Vec::new();
     let mut early_warnings = Vec::new();
     let fill_spec;
+    let mut raw_tee = None;
+    let mut raw_check = None;
+    let mut size_hint = None;
     let spec = match &spec.cache {
         None => spec,
         Some(cs) => match imgpipe_cache::Cache::open(cs)?.lookup(spec).await? {
+            Some(imgpipe_cache::Entry::Hit(hit)) if hit.sidecar().mode == "raw" => {
+                match raw_hit_checks(spec, hit.sidecar(), token).await? {
+                    RawHit::Serve(w) => {
+                        early_warnings.extend(w);
+                        raw_check = Some(hit.raw_check().ok_or_else(|| {
+                            Error::new(ErrorKind::Internal, "raw hit without a raw record")
+                        })?);
+                        size_hint = hit.sidecar().raw.as_ref().map(|r| r.virtual_size);
+                        let (src, done) = hit.open()?;
+                        cached_source = Some(src);
+                        cache_use = CacheUse::Hit(done);
+                    }
+                    RawHit::Bypass(why) => {
+                        drop(hit);
+                        early_warnings.push(format!("cache: raw entry not used ({why})"));
+                    }
+                }
+                spec
+            }
             Some(imgpipe_cache::Entry::Hit(hit)) => {
                 pins = Some(hit.pins(spec));
                 let (src, done) = hit.open()?;
@@ -688,8 +710,20 @@ pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUs
             Some(imgpipe_cache::Entry::Fill(mut fill)) => {
                 // Adds a sha256 report digest when the request computes no strong digest.
                 fill_spec = fill.spec(spec);
-                extra.push(fill.tee()?);
-                cache_use = CacheUse::Fill(fill, Box::new(spec.clone()));
+                if !fill.is_raw() {
+                    extra.push(fill.tee()?);
+                    cache_use = CacheUse::Fill(fill, Box::new(spec.clone()));
+                } else if spec.sink.is_some() && spec.convert != ConvertFormat::Preserve {
+                    raw_tee = Some(fill.raw_tee()?);
+                    cache_use = CacheUse::Fill(fill, Box::new(spec.clone()));
+                } else {
+                    fill.abandon()?;
+                    early_warnings.push(
+                        "cache: mode raw stores the decoded disk; a run without a sink or with \
+                         format = \"preserve\" is not cached"
+                            .to_string(),
+                    );
+                }
                 &fill_spec
             }
             None => {
@@ -704,6 +738,9 @@ pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUs
         cached_source,
         pins: pins.as_ref(),
         extra,
+        raw_tee,
+        raw_check,
+        size_hint,
     };
     match build_rest(spec, parts).await {
         Ok((p, mut w)) => {
@@ -728,6 +765,146 @@ struct Parts<'a> {
     cached_source: Option<Box<dyn Source>>,
     pins: Option<&'a imgpipe_cache::Pins>,
     extra: Vec<Box<dyn Observer>>,
+    /// A raw cache fill's tee (fed the decoded extents by the disk stage).
+    raw_tee: Option<imgpipe_cache::RawTee>,
+    /// A raw cache hit: the cached disk's check replaces the image checks (which ran against
+    /// the sidecar before streaming), and the bytes are a raw disk, not an image.
+    raw_check: Option<Box<dyn Observer>>,
+    /// A raw hit's disk size.
+    size_hint: Option<u64>,
+}
+
+/// Whether a raw cache entry may serve a request.
+enum RawHit {
+    /// Yes (with warnings from the signature check).
+    Serve(Vec<String>),
+    /// The entry lacks something the request checks (e.g. a digest algorithm the fill did not
+    /// compute): run without the cache.
+    Bypass(String),
+}
+
+/// A raw hit cannot stream the image through the request's checks (the entry holds the
+/// decoded disk), so the request is checked against what the fill verified, as recorded in
+/// the MAC-authenticated sidecar: every expected digest and the size must equal the recorded
+/// ones, the declared and allowed formats must admit the recorded format, and a signature is
+/// verified again — certificate, trust chain against this request's trusted list, dates, and
+/// the signature itself over the digest the fill computed. Any difference rejects the run.
+async fn raw_hit_checks(
+    spec: &Spec,
+    sc: &imgpipe_cache::Sidecar,
+    token: Option<&str>,
+) -> Result<RawHit> {
+    let mismatch = |what: String| {
+        Error::check(
+            ErrorKind::DigestMismatch,
+            "cache.raw_record",
+            format!("raw cache entry {}: {what}", sc.id),
+        )
+    };
+    if spec.convert == ConvertFormat::Preserve {
+        return Ok(RawHit::Bypass(
+            "format = \"preserve\" needs the image bytes, the entry holds the decoded disk".into(),
+        ));
+    }
+    let recorded = |a: &str| sc.digests.get(&a.to_ascii_lowercase()).cloned();
+    let mut expected: Vec<(String, String, &str)> = spec
+        .verify
+        .digests
+        .iter()
+        .map(|(a, h)| (a.name().to_string(), h.clone(), "the spec"))
+        .collect();
+    if let Some(h) = &spec.verify.os_hash_value {
+        let algo = spec.verify.os_hash_algo.as_deref().unwrap_or("sha512");
+        expected.push((algo.to_string(), h.clone(), "os_hash_value"));
+    }
+    if let Some(h) = &spec.verify.checksum
+        && (spec.verify.os_hash_value.is_none() || recorded("md5").is_some())
+    {
+        expected.push(("md5".into(), h.clone(), "checksum"));
+    }
+    for (algo, want, from) in &expected {
+        match recorded(algo) {
+            None => {
+                return Ok(RawHit::Bypass(format!(
+                    "{from} expects {algo}, which the fill did not compute"
+                )));
+            }
+            Some(got) if !got.eq_ignore_ascii_case(want.trim()) => {
+                return Err(mismatch(format!(
+                    "{from} expects {algo} {want}, the fill verified {got}"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(n) = spec.verify.size
+        && n != sc.size
+    {
+        return Err(mismatch(format!(
+            "the request expects {n} bytes, the fill verified {}",
+            sc.size
+        )));
+    }
+    let format = sc.format.as_deref().unwrap_or("raw");
+    let admitted = spec.inspect.disk_format.is_none_or(|f| f.name() == format)
+        && spec
+            .inspect
+            .allowed_formats
+            .as_ref()
+            .is_none_or(|l| l.iter().any(|f| f.name() == format));
+    if !admitted {
+        return Err(Error::check(
+            ErrorKind::FormatMismatch,
+            "cache.raw_format",
+            format!(
+                "raw cache entry {}: the image was {format}, which this request's format \
+                 policy does not admit",
+                sc.id
+            ),
+        ));
+    }
+    let max = spec
+        .inspect
+        .max_virtual_size
+        .unwrap_or(DEFAULT_MAX_VIRTUAL_SIZE);
+    if let Some(v) = sc.raw.as_ref().map(|r| r.virtual_size)
+        && v > max
+    {
+        return Err(Error::check(
+            ErrorKind::LimitExceeded,
+            "cache.raw_virtual_size",
+            format!(
+                "raw cache entry {}: the disk has {v} bytes, over this request's \
+                 max_virtual_size {max}",
+                sc.id
+            ),
+        ));
+    }
+    let mut warnings = Vec::new();
+    if let Some(s) = &spec.verify.signature {
+        let same = sc.signature.as_ref().is_some_and(|r| {
+            r.verdict == "passed"
+                && r.signature == s.signature
+                && r.hash_method == s.hash_method
+                && r.key_type == s.key_type
+                && r.certificate_uuid == s.certificate_uuid
+        });
+        if !same {
+            return Ok(RawHit::Bypass(
+                "the fill did not verify this signature".into(),
+            ));
+        }
+        let v = signature_verifier(s, &mut warnings, token).await?;
+        let Some(digest) = recorded(v.hash_algorithm().name()) else {
+            return Ok(RawHit::Bypass(format!(
+                "the fill did not record the {} digest the signature covers",
+                v.hash_algorithm().name()
+            )));
+        };
+        let bytes = hex::decode(&digest).map_err(|_| mismatch("a malformed digest".into()))?;
+        v.verify_digest(&bytes).map_err(signature_error)?;
+    }
+    Ok(RawHit::Serve(warnings))
 }
 
 async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<String>)> {
@@ -742,8 +919,11 @@ async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<Stri
         content_md5 = s.content_md5_hex();
         source = Some(Box::new(s));
     }
-    let (mut observers, mut warnings) =
-        verification_pinned(spec, parts.token, parts.pins, content_md5).await?;
+    let raw_hit = parts.raw_check.is_some();
+    let (mut observers, mut warnings) = match parts.raw_check {
+        Some(check) => (vec![check], Vec::new()),
+        None => verification_pinned(spec, parts.token, parts.pins, content_md5).await?,
+    };
     observers.extend(parts.extra);
     let encrypt = spec.encrypt.as_ref().map(encryptor).transpose()?;
     let source = match source {
@@ -759,17 +939,24 @@ async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<Stri
             if let Some(m) = spec.inspect.max_virtual_size {
                 decode.max_virtual_size = m;
             }
+            // A raw hit streams a disk, not an image: nothing to inspect or decode.
             let stage = ImageToDisk::new(DiskOptions {
-                inspector: (!spec.inspect.skip).then(|| inspector(spec, len)),
-                preserve: spec.convert == ConvertFormat::Preserve,
-                declared: spec.inspect.disk_format,
+                inspector: (!spec.inspect.skip && !raw_hit).then(|| inspector(spec, len)),
+                preserve: spec.convert == ConvertFormat::Preserve && !raw_hit,
+                declared: if raw_hit {
+                    Some(imgpipe_format::Format::Raw)
+                } else {
+                    spec.inspect.disk_format
+                },
                 decode,
                 encrypt,
+                raw_tee: parts.raw_tee,
+                size_hint: parts.size_hint,
             });
             Some((Box::new(stage) as Box<dyn DiskStage>, sink))
         }
         None => {
-            if !spec.inspect.skip {
+            if !spec.inspect.skip && !raw_hit {
                 observers.push(Box::new(InspectObserver::new(inspector(spec, len), true)));
             }
             None

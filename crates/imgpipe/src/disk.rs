@@ -239,6 +239,10 @@ pub struct DiskOptions {
     pub decode: DecodeOptions,
     /// In-stream encryption.
     pub encrypt: Option<Encryptor>,
+    /// A raw cache fill: sees every decoded extent before encryption.
+    pub raw_tee: Option<imgpipe_cache::RawTee>,
+    /// The disk size when no inspector reports it (a raw cache hit: the sidecar's).
+    pub size_hint: Option<u64>,
 }
 
 enum Gate {
@@ -256,6 +260,8 @@ pub struct ImageToDisk {
     declared: Option<Format>,
     decode: DecodeOptions,
     encrypt: Option<Encryptor>,
+    raw_tee: Option<imgpipe_cache::RawTee>,
+    size_hint: Option<u64>,
     format: Option<Format>,
     virtual_size: Option<u64>,
     extents: Vec<Extent>,
@@ -285,6 +291,8 @@ impl ImageToDisk {
             declared: opts.declared,
             decode: opts.decode,
             encrypt: opts.encrypt,
+            raw_tee: opts.raw_tee,
+            size_hint: opts.size_hint,
             format: None,
             virtual_size: None,
             extents: Vec::new(),
@@ -301,7 +309,7 @@ impl ImageToDisk {
             None => self.declared.unwrap_or(Format::Raw),
         };
         self.format = Some(format);
-        self.virtual_size = v.and_then(|v| v.virtual_size);
+        self.virtual_size = v.and_then(|v| v.virtual_size).or(self.size_hint);
         if self.opts_preserve {
             return Ok(Box::new(decode::RawDecoder::new(self.encrypt.is_none())));
         }
@@ -326,6 +334,14 @@ impl ImageToDisk {
         }
         for e in self.extents.drain(..) {
             self.written_to = self.written_to.max(e.offset() + e.len());
+            if let Some(t) = &mut self.raw_tee {
+                match &e {
+                    Extent::Data { offset, data } => {
+                        t.extent(*offset, Some(&data[..]), data.len() as u64);
+                    }
+                    Extent::Zero { offset, len } => t.extent(*offset, None, *len),
+                }
+            }
             match &mut self.encrypt {
                 Some(enc) => enc.extent(e, out),
                 None => out.push(SinkOp::Write(match e {
@@ -446,6 +462,9 @@ impl DiskStage for ImageToDisk {
             }
         }
         self.emit(out);
+        if let Some(t) = self.raw_tee.take() {
+            t.finish(self.virtual_size.unwrap_or(self.written_to));
+        }
         if let Some(e) = &mut self.encrypt {
             e.finish(out)?;
         }

@@ -73,6 +73,8 @@ pub async fn assemble(
                 declared: spec.inspect.disk_format,
                 decode,
                 encrypt: None,
+                raw_tee: None,
+                size_hint: None,
             });
             Some((Box::new(stage) as Box<dyn DiskStage>, sink))
         }
@@ -170,6 +172,7 @@ pub fn cache_spec(dir: &Path) -> CacheSpec {
     CacheSpec {
         dir: dir.to_path_buf(),
         raw: false,
+        key_file: None,
         max_size: None,
         max_age: None,
     }
