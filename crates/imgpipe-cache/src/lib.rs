@@ -378,6 +378,22 @@ impl Cache {
     }
 }
 
+/// Read a whole file in 1 MiB blocks, handing each to `f`; returns the byte count.
+pub(crate) fn for_each_block(path: &Path, mut f: impl FnMut(&[u8])) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = file.read(&mut buf)?;
+        if k == 0 {
+            return Ok(n);
+        }
+        f(buf.get(..k).unwrap_or_default());
+        n += k as u64;
+    }
+}
+
 /// fsync a directory so renames and unlinks in it are durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)

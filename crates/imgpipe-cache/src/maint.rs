@@ -1,6 +1,5 @@
 //! Listing, re-verification, eviction and pruning.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -136,20 +135,11 @@ fn rehash(path: &Path, sc: &Sidecar, key: Option<&RawKey>) -> std::io::Result<(u
     }
     let digests = sc.known_digests();
     let mut hashers: Vec<Hasher> = digests.iter().map(|(a, _)| Hasher::new(*a)).collect();
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        let part = buf.get(..k).unwrap_or_default();
+    let n = crate::for_each_block(path, |part| {
         for h in &mut hashers {
             h.update(part);
         }
-        n += k as u64;
-    }
+    })?;
     let mut problems = Vec::new();
     if n != sc.size {
         problems.push(format!(

@@ -315,17 +315,9 @@ impl RawTee {
 /// The keyed digest of a whole file and its length.
 pub(crate) fn keyed_file_digest(key: &RawKey, path: &Path) -> std::io::Result<(u64, blake3::Hash)> {
     let mut h = key.data_hasher();
-    let mut f = File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(buf.get(..k).unwrap_or_default());
-        n += k as u64;
-    }
+    let n = crate::for_each_block(path, |b| {
+        h.update(b);
+    })?;
     Ok((n, h.finalize()))
 }
 
