@@ -31,8 +31,10 @@
 mod entry;
 mod lock;
 mod maint;
+mod pwrite;
 pub mod raw;
 mod sidecar;
+mod tree;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

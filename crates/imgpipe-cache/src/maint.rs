@@ -215,7 +215,8 @@ impl Cache {
     }
 
     /// Re-hash one entry against its sidecar (waiting for a fill in progress). With
-    /// `remove_bad`, an entry that does not match (or is incomplete) is removed.
+    /// `remove_bad`, an entry that does not match (or is incomplete) is removed; a raw entry
+    /// this cache has no key for is reported (`cache.key`) but kept.
     ///
     /// # Errors
     /// `Io` when the data file cannot be read or removed.
@@ -262,7 +263,11 @@ impl Cache {
                 r.problems = problems;
             }
         }
-        if !r.ok && remove_bad {
+        // A raw entry that could not be checked for want of the key is not known to be bad:
+        // report it, never remove it.
+        let unverifiable =
+            !r.problems.is_empty() && r.problems.iter().all(|x| x.starts_with("cache.key:"));
+        if !r.ok && remove_bad && !unverifiable {
             self.clear_files(&p, true)?;
             r.removed = true;
         }

@@ -4,8 +4,8 @@
 //! is trusted only through a key that does not live in the cache directory:
 //!
 //! - at fill, the run verifies the original bytes as in mode `original`; the decoded extents
-//!   are written into the entry and hashed, in the same pass, with BLAKE3 keyed by the cache
-//!   key ([`RawTee`]); the sidecar records what was verified on the original bytes plus that
+//!   are written into the entry and hashed, in the same pass and in whatever order the decoder
+//!   emits them, with BLAKE3 keyed by the cache key ([`RawTee`], [`crate::tree`]); the sidecar records what was verified on the original bytes plus that
 //!   keyed digest, and is itself authenticated with a second key derived from the same secret
 //!   ([`Sidecar::mac`]);
 //! - at a hit, the sidecar's MAC is checked before anything else, the request's expectations
@@ -18,21 +18,20 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use imgpipe_core::{Chunk, Error, ErrorKind, Finding, Observer, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::pwrite::PositionalWriter;
 use crate::sidecar::{Sidecar, hex};
+use crate::tree::{TreeError, TreeHasher};
 
 /// Context strings of the two keys derived from the key file (BLAKE3 `derive_key`).
 const DATA_CONTEXT: &str = "imgpipe-cache 2026-11 raw entry data digest";
 const MAC_CONTEXT: &str = "imgpipe-cache 2026-11 raw entry sidecar mac";
-
-/// Bytes of zeros hashed at once for zero extents and holes.
-static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
 
 /// The secret that authenticates raw entries (never logged, not `Debug`).
 #[derive(Clone)]
@@ -178,6 +177,10 @@ pub struct RawRecord {
     pub virtual_size: u64,
     /// BLAKE3, keyed with the cache key, of the whole decoded disk (zeros included).
     pub keyed_blake3: String,
+    /// Set when the fill could not compute the digest in its pass (output too fragmented for
+    /// the in-pass tree's memory bounds) and read the entry back instead: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reread: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -185,22 +188,20 @@ pub(crate) struct RawTeeState {
     /// `Some` once the tee saw the end of the disk and its file is synced.
     pub done: Option<RawRecord>,
     pub error: Option<String>,
-    /// The digest was computed by re-reading the file (the decoder emitted out of order).
-    pub reread: bool,
 }
 
-/// Writes the decoded disk into `<id>.part` (positional writes; zero extents stay holes) and
-/// hashes it with the keyed BLAKE3 in the same pass while extents arrive in order. A decoder
-/// that emits out of order (a qcow2 whose clusters are not stored in guest order) makes the
-/// tee hash the file once at the end instead, and says so. Failures never fail the run: the
-/// entry is not published and a warning says why.
+/// Writes the decoded disk into `<id>.part` (positional writes, O_DIRECT where possible, zero
+/// extents and all-zero blocks left as holes) and computes its keyed BLAKE3 in the same pass,
+/// whatever order the decoder emits extents in ([`crate::tree`]: aligned subtrees merged as
+/// they complete; no re-read at the end). Only output too fragmented for the tree's memory
+/// bounds makes the tee hash its file once at the end instead, and the fill says so. Failures
+/// never fail the run: the entry is not published and a warning says why.
 pub struct RawTee {
-    file: File,
+    out: PositionalWriter,
     path: PathBuf,
-    hasher: blake3::Hasher,
     key: RawKey,
-    next: u64,
-    in_order: bool,
+    tree: Option<TreeHasher>,
+    reread: Option<String>,
     end: u64,
     state: Arc<Mutex<RawTeeState>>,
     failed: bool,
@@ -214,12 +215,11 @@ impl RawTee {
         state: Arc<Mutex<RawTeeState>>,
     ) -> Self {
         RawTee {
-            file,
+            out: PositionalWriter::new(file, &path),
             path,
-            hasher: key.data_hasher(),
+            tree: Some(TreeHasher::new(key.data)),
             key,
-            next: 0,
-            in_order: true,
+            reread: None,
             end: 0,
             state,
             failed: false,
@@ -233,38 +233,27 @@ impl RawTee {
         }
     }
 
-    fn hash_zeros(h: &mut blake3::Hasher, mut len: u64) {
-        while len > 0 {
-            let n = len.min(ZEROS.len() as u64);
-            h.update(&ZEROS[..n as usize]);
-            len -= n;
-        }
-    }
-
     /// One decoded extent: `data` for a data extent, `None` for `len` bytes of zeros.
     pub fn extent(&mut self, offset: u64, data: Option<&[u8]>, len: u64) {
         if self.failed {
             return;
         }
         if let Some(d) = data
-            && let Err(e) = self.file.write_all_at(d, offset)
+            && let Err(e) = self.out.write(offset, d)
         {
             self.fail(format!("writing at offset {offset}: {e}"));
             return;
         }
-        let end = offset.saturating_add(len);
-        self.end = self.end.max(end);
-        if self.in_order {
-            if offset == self.next {
-                match data {
-                    Some(d) => {
-                        self.hasher.update(d);
-                    }
-                    None => Self::hash_zeros(&mut self.hasher, len),
+        self.end = self.end.max(offset.saturating_add(len));
+        if let Some(t) = self.tree.as_mut()
+            && let Err(e) = t.add(offset, data, len)
+        {
+            match e {
+                TreeError::TooFragmented => {
+                    self.tree = None;
+                    self.reread = Some(e.to_string());
                 }
-                self.next = end;
-            } else {
-                self.in_order = false;
+                e => self.fail(format!("the decoded extents are inconsistent: {e}")),
             }
         }
     }
@@ -281,33 +270,27 @@ impl RawTee {
             ));
             return;
         }
-        if let Err(e) = self
-            .file
-            .set_len(virtual_size)
-            .and_then(|()| self.file.sync_all())
-        {
+        if let Err(e) = self.out.finish(virtual_size) {
             self.fail(format!("sizing / syncing {}: {e}", self.path.display()));
             return;
         }
-        let reread = !self.in_order;
-        let digest = if self.in_order {
-            // Anything after the last extent was never written: zeros.
-            Self::hash_zeros(&mut self.hasher, virtual_size - self.next);
-            Ok(self.hasher.finalize())
-        } else {
-            keyed_file_digest(&self.key, &self.path).map(|(_, h)| h)
+        let digest = match self.tree.take() {
+            Some(t) => t.finish(virtual_size).map_err(|e| e.to_string()),
+            None => keyed_file_digest(&self.key, &self.path)
+                .map(|(_, h)| h)
+                .map_err(|e| format!("hashing {}: {e}", self.path.display())),
         };
         match digest {
             Ok(h) => {
                 if let Ok(mut s) = self.state.lock() {
-                    s.reread = reread;
                     s.done = Some(RawRecord {
                         virtual_size,
                         keyed_blake3: hex(h.as_bytes()),
+                        reread: self.reread.take(),
                     });
                 }
             }
-            Err(e) => self.fail(format!("hashing {}: {e}", self.path.display())),
+            Err(e) => self.fail(e),
         }
     }
 }

@@ -430,8 +430,8 @@ fn raw_hits_enforce_each_requests_trusted_certificates_and_signature() {
 }
 
 /// A qcow2 whose clusters are stored out of guest order (written with qemu-io in reverse):
-/// the decoder emits the disk out of order, so the fill hashes its entry by re-reading it;
-/// a wrong in-order digest would make the next hit fail.
+/// the decoder emits the disk out of order, and the fill still computes the entry's keyed
+/// digest in its pass (no read-back warning); a wrong digest would make the next hit fail.
 #[test]
 fn raw_mode_with_clusters_out_of_guest_order() {
     if !required("qemu-img") || !required("qemu-io") {
@@ -463,6 +463,11 @@ fn raw_mode_with_clusters_out_of_guest_order() {
     let r = run(d, &spec("disk1.raw"));
     assert_eq!(r.code, 0, "{}", r.json);
     assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
+    assert!(
+        !r.json["warnings"].to_string().contains("reading it back"),
+        "hashed in the pass: {}",
+        r.json
+    );
     let r = run(d, &spec("disk2.raw"));
     assert_eq!(r.code, 0, "{}", r.json);
     assert!(
@@ -472,6 +477,196 @@ fn raw_mode_with_clusters_out_of_guest_order() {
     );
     assert_eq!(std::fs::read(d.join("disk1.raw")).unwrap(), expected);
     assert_eq!(std::fs::read(d.join("disk2.raw")).unwrap(), expected);
+}
+
+/// 512-byte clusters written by qemu-io in descending guest order: the decoder emits extents
+/// smaller than BLAKE3's 1 KiB chunk, out of order, so the in-pass digest has to assemble
+/// chunks from halves arriving apart. The hit (a plain sequential keyed hash) must agree, and
+/// the entry must equal qemu-img's conversion.
+#[test]
+fn raw_mode_with_small_clusters_in_reverse_order() {
+    if !required("qemu-img") || !required("qemu-io") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let img = d.join("small.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=512"])
+        .arg(&img)
+        .arg("1M"));
+    let mut io = Command::new("qemu-io");
+    // Descending offsets, odd 512-byte sectors first, then some even ones: halves of 1 KiB
+    // chunks arrive far apart; a zero-filled write and untouched ranges leave holes.
+    for k in (0..96u32).rev() {
+        let off = 1024 * k + 512 + (k % 5) * 4096;
+        io.args(["-c", &format!("write -P {} {off} 512", (k % 250) + 1)]);
+    }
+    for k in (0..64u32).rev().step_by(3) {
+        io.args([
+            "-c",
+            &format!("write -P {} {} 512", k + 3, 1024 * k + 300 * 1024),
+        ]);
+    }
+    io.args([
+        "-c",
+        "write -z 700k 64k",
+        "-c",
+        "write -P 0x5a 1047552 1024",
+    ]);
+    sh(io.arg(&img));
+    sh(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&img)
+        .arg(d.join("expected.raw")));
+    let expected = std::fs::read(d.join("expected.raw")).unwrap();
+    write_key(&d.join("cache.key"));
+    let digest = sha512(&std::fs::read(&img).unwrap());
+    let spec = |disk: &str| {
+        format!(
+            // disk_format declared: an undeclared qcow2 that ends before the inspector
+            // decides is decoded as raw and rejected at its end (inspect.final_format), with
+            // or without a cache — a disk-stage issue outside this test's subject.
+            "[source]\npath = \"small.qcow2\"\n[inspect]\ndisk_format = \"qcow2\"\n\
+             [verify]\nsha512 = \"{digest}\"\n\
+             [sink]\npath = \"{disk}\"\n\
+             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n"
+        )
+    };
+    let r = run(d, &spec("disk1.raw"));
+    assert_eq!(r.code, 0, "{}", r.json);
+    assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
+    assert!(
+        !r.json["warnings"].to_string().contains("reading it back"),
+        "{}",
+        r.json
+    );
+    let entry = entry_files(&d.join("cache"), "data").remove(0);
+    assert_eq!(std::fs::read(&entry).unwrap(), expected);
+    let r = run(d, &spec("disk2.raw"));
+    assert_eq!(r.code, 0, "{}", r.json);
+    assert!(r.passed().contains(&"cache.hit".to_string()), "{}", r.json);
+    assert_eq!(std::fs::read(d.join("disk2.raw")).unwrap(), expected);
+    let v = imgpipe()
+        .current_dir(d)
+        .args([
+            "cache",
+            "--dir",
+            "cache",
+            "--key-file",
+            "cache.key",
+            "verify",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(v.status.code(), Some(0));
+}
+
+/// Every other format qemu-img writes: the fill decodes it into the entry, the hit serves the
+/// same disk as `qemu-img convert -O raw`.
+#[test]
+fn raw_mode_fill_and_hit_for_each_format() {
+    if !required("qemu-img") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    write_key(&d.join("cache.key"));
+    let data = image((2 << 20) + 65536, 13);
+    std::fs::write(d.join("src.raw"), &data).unwrap();
+    for (fmt, opts) in [
+        ("vmdk", "subformat=monolithicSparse"),
+        ("vmdk", "subformat=streamOptimized"),
+        ("vpc", "subformat=dynamic"),
+        ("vhdx", "subformat=dynamic"),
+        ("vdi", "static=off"),
+    ] {
+        let img = d.join(format!("img-{fmt}-{}", opts.len()));
+        sh(Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", fmt, "-o", opts])
+            .arg(d.join("src.raw"))
+            .arg(&img));
+        let exp = d.join("expected.raw");
+        sh(Command::new("qemu-img")
+            .args(["convert", "-q", "-f", fmt, "-O", "raw"])
+            .arg(&img)
+            .arg(&exp));
+        let expected = std::fs::read(&exp).unwrap();
+        let spec = |disk: &str| {
+            format!(
+                "[source]\npath = \"{}\"\n[verify]\nsha512 = \"{}\"\n[sink]\npath = \"{disk}\"\n\
+                 [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n",
+                img.display(),
+                sha512(&std::fs::read(&img).unwrap())
+            )
+        };
+        let r = run(d, &spec("fill.raw"));
+        assert_eq!(r.code, 0, "{fmt} {opts}: {}", r.json);
+        assert!(
+            r.passed().contains(&"cache.fill".to_string()),
+            "{fmt}: {}",
+            r.json
+        );
+        let r = run(d, &spec("hit.raw"));
+        assert_eq!(r.code, 0, "{fmt} {opts}: {}", r.json);
+        assert!(
+            r.passed().contains(&"cache.hit".to_string()),
+            "{fmt}: {}",
+            r.json
+        );
+        assert_eq!(
+            std::fs::read(d.join("fill.raw")).unwrap(),
+            expected,
+            "{fmt}"
+        );
+        assert_eq!(std::fs::read(d.join("hit.raw")).unwrap(), expected, "{fmt}");
+        std::fs::remove_file(d.join("fill.raw")).unwrap();
+        std::fs::remove_file(d.join("hit.raw")).unwrap();
+    }
+}
+
+/// A request that expects other image bytes than the entry's fill verified is never served
+/// from the entry: it is checked against the image itself (and fails there), and the entry
+/// stays for requests it does satisfy.
+#[test]
+fn raw_entry_is_not_served_to_a_request_expecting_another_digest() {
+    if !required("qemu-img") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let data = image(1 << 20, 4);
+    let qcow = qcow2_of(d, &data);
+    write_key(&d.join("cache.key"));
+    let spec = |disk: &str, digest: &str| {
+        format!(
+            "[source]\npath = \"img.qcow2\"\n[verify]\nsha512 = \"{digest}\"\n\
+             [sink]\npath = \"{disk}\"\n\
+             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n"
+        )
+    };
+    let good = sha512(&qcow);
+    let r = run(d, &spec("disk1.raw", &good));
+    assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
+    let other = sha512(b"some other image");
+    let r = run(d, &spec("disk2.raw", &other));
+    assert_eq!(
+        (r.code, r.check().as_str()),
+        (3, "digest.sha512"),
+        "{}",
+        r.json
+    );
+    assert!(!r.passed().contains(&"cache.hit".to_string()), "{}", r.json);
+    assert!(
+        r.json["stages"].to_string().contains("qcow2"),
+        "the image itself was read and decoded: {}",
+        r.json
+    );
+    assert!(!d.join("disk2.raw").exists());
+    assert_eq!(entry_files(&d.join("cache"), "data").len(), 1);
+    let r = run(d, &spec("disk3.raw", &good));
+    assert!(r.passed().contains(&"cache.hit".to_string()), "{}", r.json);
+    assert_eq!(std::fs::read(d.join("disk3.raw")).unwrap(), data);
 }
 
 /// The raw entry holds the plaintext disk: a hit encrypts it on the way out exactly as the

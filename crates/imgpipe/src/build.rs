@@ -1035,9 +1035,17 @@ pub async fn finish_cache(c: CacheUse, outcome: &imgpipe_core::RunOutcome) -> Ve
             }
         }
         CacheUse::Fill(fill, request) => match fill.finish(&request, outcome).await {
-            Ok(FillOutcome::Published(_)) => vec![Finding::Passed {
-                check: "cache.fill".into(),
-            }],
+            Ok(FillOutcome::Published(sc)) => {
+                let mut f = vec![Finding::Passed {
+                    check: "cache.fill".into(),
+                }];
+                if let Some(why) = sc.raw.as_ref().and_then(|r| r.reread.as_ref()) {
+                    f.push(warn(format!(
+                        "cache: the raw entry was hashed by reading it back after the run                          ({why})"
+                    )));
+                }
+                f
+            }
             Ok(FillOutcome::Abandoned { reason }) if outcome.result.is_ok() => {
                 vec![warn(format!("cache: entry not published: {reason}"))]
             }
