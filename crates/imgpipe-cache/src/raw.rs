@@ -76,7 +76,9 @@ impl RawKey {
         let abs_dir = cache_dir
             .canonicalize()
             .unwrap_or_else(|_| cache_dir.to_path_buf());
-        if abs_parent.starts_with(&abs_dir) {
+        // The file itself too: a symlink outside the directory may point into it.
+        let abs_file = path.canonicalize().ok();
+        if abs_parent.starts_with(&abs_dir) || abs_file.is_some_and(|f| f.starts_with(&abs_dir)) {
             return Err(spec_err(format!(
                 "cache key_file {} is inside the cache directory {}: the key must live where \
                  writers of the cache cannot read it",
@@ -155,13 +157,21 @@ fn create_key_file(path: &Path) -> Result<()> {
     File::open("/dev/urandom")
         .and_then(|mut r| r.read_exact(&mut secret))
         .map_err(|e| key_io("cannot get random bytes for", path, e))?;
+    // Written whole under a temporary name, then linked into place: a concurrent first run
+    // never reads a created but not yet written key file, and whoever links first wins.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{seq}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let res = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .and_then(|mut f| f.write_all(&secret).and_then(|()| f.sync_all()));
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&secret).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::hard_link(&tmp, path));
     secret.iter_mut().for_each(|b| *b = 0);
+    let _ = std::fs::remove_file(&tmp);
     match res {
         Ok(()) => Ok(()),
         // Another process created it first: use theirs.

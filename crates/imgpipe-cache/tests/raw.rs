@@ -272,3 +272,55 @@ fn raw_tee_refuses_overlapping_extents_and_overruns() {
         }));
     }
 }
+
+#[test]
+fn key_file_rules() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("cache");
+    std::fs::create_dir(&dir).unwrap();
+    let open = |key: &Path| {
+        let mut cs = cache_spec(&dir);
+        cs.raw = true;
+        cs.key_file = Some(key.to_path_buf());
+        Cache::open(&cs)
+    };
+    // Inside the cache directory, directly or through a symlink from outside: refused.
+    let inside = key_file(&dir);
+    let e = open(&inside).unwrap_err();
+    assert_eq!(e.check_name(), Some("cache.key_file"), "{e}");
+    let link = t.path().join("link.key");
+    std::os::unix::fs::symlink(&inside, &link).unwrap();
+    let e = open(&link).unwrap_err();
+    assert_eq!(e.check_name(), Some("cache.key_file"), "{e}");
+    // Group-readable: refused.
+    let outside = key_file(t.path());
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let e = open(&outside).unwrap_err();
+    assert_eq!(e.check_name(), Some("cache.key_file"), "{e}");
+    // Absent: created once (32 bytes, 0600) even by concurrent first runs, all of which
+    // then use that one key (an entry one of them fills is authenticated for the others).
+    let new = t.path().join("keys/new.key");
+    let caches: Vec<Cache> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| open(&new).unwrap())).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let meta = std::fs::metadata(&new).unwrap();
+    assert_eq!((meta.len(), meta.permissions().mode() & 0o777), (32, 0o600));
+    let leftovers: Vec<_> = std::fs::read_dir(t.path().join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let data = image_bytes(200_000, 9);
+    let src = t.path().join("img.qcow2");
+    let sc = fill(
+        &caches[3],
+        &src,
+        data.len() as u64,
+        &extents(&data, 4096, "forward"),
+    );
+    for c in &caches {
+        let v = block_on(c.verify_entry(&sc.id, false)).unwrap();
+        assert!(v.ok, "{v:?}");
+    }
+}

@@ -326,9 +326,24 @@ async fn keystone_token_and_catalog_find_glance() {
     assert!(got == data);
 }
 
+/// User and system CPU seconds of this process so far.
+fn cpu_seconds() -> (f64, f64) {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let ru = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()), 0);
+        ru.assume_init()
+    };
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (s(ru.ru_utime), s(ru.ru_stime))
+}
+
 /// Benchmark helper for `benches/glance-vs-curl.sh`: drain the Glance data URL in
-/// `IMGPIPE_BENCH_DATA_URL` through `HttpSource` alone (no hashing, no sink) and print
-/// `DRAIN_SECONDS <s> BYTES <n>`, to show whether the network source is what limits a run.
+/// `IMGPIPE_BENCH_DATA_URL` through `HttpSource` alone (no hashing, no sink; the chunks are
+/// only counted and dropped) and print one line
+/// `DRAIN_SECONDS <s> BYTES <n> CHUNKS <c> CPU_USER <s> CPU_SYS <s>`: wall time from creating
+/// the source to its end (no process start), and this process's CPU time over the same span,
+/// to show whether the network source is what limits a run and what it costs per byte.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark helper, run by benches/glance-vs-curl.sh"]
 async fn bench_drain_http_source() {
@@ -336,11 +351,19 @@ async fn bench_drain_http_source() {
         eprintln!("SKIP: IMGPIPE_BENCH_DATA_URL is not set");
         return;
     };
+    let (u0, s0) = cpu_seconds();
     let t = Instant::now();
     let mut src = imgpipe_io::HttpSource::new(&url, HttpOptions::default()).unwrap();
-    let mut n = 0u64;
+    let (mut n, mut chunks) = (0u64, 0u64);
     while let Some(b) = src.read().await.unwrap() {
         n += b.len() as u64;
+        chunks += 1;
     }
-    println!("DRAIN_SECONDS {:.4} BYTES {n}", t.elapsed().as_secs_f64());
+    let wall = t.elapsed().as_secs_f64();
+    let (u1, s1) = cpu_seconds();
+    println!(
+        "DRAIN_SECONDS {wall:.4} BYTES {n} CHUNKS {chunks} CPU_USER {:.4} CPU_SYS {:.4}",
+        u1 - u0,
+        s1 - s0
+    );
 }
