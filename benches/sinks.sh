@@ -17,6 +17,10 @@
 #                           end_fsync) with psync and io_uring at iodepth 4, as device references.
 #   IMGPIPE_BENCH_RBD_ARGS  extra RBD sink contenders, '|'-separated CEPH_ARGS values (librbd options
 #                           applied after ceph.conf), e.g. "--rbd_cache=true|--rbd_disable_zero_copy_writes=true".
+#   IMGPIPE_BENCH_PIN       "split": pin the Ceph daemons (every thread) to CPU 1 and every RBD
+#                           contender (rbd import and imgpipe alike) to CPU 0, so the cluster's
+#                           CPU no longer depends on how much the client uses — the nearest this
+#                           2-core machine gets to an OSD on another host. Default: unpinned.
 #   IMGPIPE_BENCH_LOCK      lock file taken for the measurements (default /work/bench.lock when
 #                           /work exists, else DIR/bench.lock); the build runs before the lock.
 #   CARGO_TARGET_DIR        where the release binary is built (default: the workspace's target/).
@@ -49,6 +53,9 @@ SINKS="${IMGPIPE_BENCH_SINKS:-block rbd}"
 DEPTHS="${IMGPIPE_BENCH_DEPTHS:-default}"
 FIO="${IMGPIPE_BENCH_FIO:-0}"
 RBD_ARGS="${IMGPIPE_BENCH_RBD_ARGS:-}"
+PIN="${IMGPIPE_BENCH_PIN:-}"
+case "$PIN" in "" | split) ;; *) echo "IMGPIPE_BENCH_PIN must be empty or \"split\"" >&2; exit 2 ;; esac
+CLIENT=()
 RBD_VARIANTS=(import imgpipe)
 if [ -n "$RBD_ARGS" ]; then
   IFS='|' read -r -a extra <<<"$RBD_ARGS"
@@ -143,6 +150,13 @@ case " $SINKS " in *" rbd "*)
     "$repo/scripts/services/ceph.sh" start "$DIR/ceph" | tail -1)
   CEPH_STARTED=1
   RBD=(rbd -c "$conf")
+  if [ "$PIN" = split ]; then
+    while read -r name pid; do
+      taskset -a -p -c 1 "$pid" >/dev/null
+      echo "pinned $name (pid $pid, all threads) to CPU 1" >&2
+    done <"$DIR/ceph/pids"
+    CLIENT=(taskset -c 0)
+  fi
   ;;
 esac
 
@@ -220,9 +234,9 @@ rbd = { pool = "rbd", image = "$name", conf = "$conf" }
 SPEC
     cat "$img" >/dev/null
     case $who in
-      import) timeit "rbd-$v-import" env -u CEPH_ARGS "${RBD[@]}" import --no-progress "$img" "rbd/$name" ;;
-      imgpipe) timeit "rbd-$v-imgpipe" env -u CEPH_ARGS "$bin" run --progress never "$DIR/rbd.toml" ;;
-      imgpipe*) timeit "rbd-$v-$who" env CEPH_ARGS="${extra[$((${who#imgpipe} - 1))]}" "$bin" run --progress never "$DIR/rbd.toml" ;;
+      import) timeit "rbd-$v-import" "${CLIENT[@]}" env -u CEPH_ARGS "${RBD[@]}" import --no-progress "$img" "rbd/$name" ;;
+      imgpipe) timeit "rbd-$v-imgpipe" "${CLIENT[@]}" env -u CEPH_ARGS "$bin" run --progress never "$DIR/rbd.toml" ;;
+      imgpipe*) timeit "rbd-$v-$who" "${CLIENT[@]}" env CEPH_ARGS="${extra[$((${who#imgpipe} - 1))]}" "$bin" run --progress never "$DIR/rbd.toml" ;;
     esac
     if [ "$r" = 1 ]; then
       "${RBD[@]}" export --no-progress "rbd/$name" - | cmp -n "$bytes" - "$img" || { echo "rbd $who: export differs from $img" >&2; exit 1; }
@@ -273,4 +287,4 @@ for v in $VARIANTS; do
     ;;
   esac
 done
-echo "runs=$RUNS size=${SIZE_MIB}MiB dir=$DIR $(nproc) cores,$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+echo "runs=$RUNS size=${SIZE_MIB}MiB dir=$DIR pin=${PIN:-none} $(nproc) cores,$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
