@@ -31,7 +31,6 @@
 mod entry;
 mod lock;
 mod maint;
-mod pwrite;
 pub mod raw;
 mod sidecar;
 mod tree;

@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use imgpipe_core::{Chunk, Error, ErrorKind, Finding, Observer, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::pwrite::PositionalWriter;
 use crate::sidecar::{Sidecar, hex};
 use crate::tree::{TreeError, TreeHasher};
+use imgpipe_io::PositionalWriter;
 
 /// Context strings of the two keys derived from the key file (BLAKE3 `derive_key`).
 const DATA_CONTEXT: &str = "imgpipe-cache 2026-11 raw entry data digest";
@@ -249,7 +249,7 @@ impl RawTee {
             return;
         }
         if let Some(d) = data
-            && let Err(e) = self.out.write(offset, d)
+            && let Err(e) = self.out.write_at(offset, d)
         {
             self.fail(format!("writing at offset {offset}: {e}"));
             return;

@@ -1,4 +1,6 @@
-//! Sequential O_DIRECT writing for a second copy of a stream (the cache tee).
+//! O_DIRECT writing of a second copy of a stream (the cache's entries): [`SequentialWriter`]
+//! appends the image bytes as received, [`PositionalWriter`] writes a decoded disk whose
+//! extents arrive in any order.
 //!
 //! Writing a multi-GiB copy through the page cache costs a memory copy into the cache, the
 //! kernel's writeback work and a long final `fsync`, all on a machine whose other core is busy
@@ -74,6 +76,10 @@ impl Window {
             len: 0,
         }
     }
+    /// File offset just past the filled bytes.
+    pub(crate) fn end(&self) -> u64 {
+        self.off + self.len as u64
+    }
     pub(crate) fn filled(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
@@ -90,6 +96,44 @@ impl Window {
     }
 }
 
+/// A second descriptor on `path` opened with O_DIRECT, and its window; `None` where the
+/// filesystem refuses O_DIRECT (tmpfs).
+fn open_direct(path: &Path) -> Option<(File, Window)> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
+        .map(|f| (f, Window::new()))
+}
+
+/// Write out what the window holds: its `ALIGN`-multiple part through the O_DIRECT descriptor
+/// (all-zero blocks skipped), the rest through `file`; the window is left empty at its end.
+/// A filesystem that accepted O_DIRECT at open but refuses a write (`EINVAL`) gets the window
+/// through `file` instead, and O_DIRECT is given up (`direct` becomes `None`).
+fn flush_window(file: &File, direct: &mut Option<(File, Window)>) -> io::Result<()> {
+    let Some((d, w)) = direct.as_mut() else {
+        return Ok(());
+    };
+    let filled = w.filled();
+    let aligned = filled.len() - filled.len() % ALIGN;
+    match write_sparse(d, &filled[..aligned], w.off) {
+        Ok(()) => {
+            if aligned < filled.len() {
+                file.write_all_at(&filled[aligned..], w.off + aligned as u64)?;
+            }
+            w.off = w.end();
+            w.len = 0;
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            write_sparse(file, filled, w.off)?;
+            *direct = None;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 /// Appends a stream to a file from offset 0, with O_DIRECT where the filesystem allows it.
 pub struct SequentialWriter {
     file: File,
@@ -103,15 +147,9 @@ impl SequentialWriter {
     /// Write through `file` (opened for writing, empty), using a second O_DIRECT descriptor on
     /// `path` (the same file) when the filesystem supports it.
     pub fn new(file: File, path: &Path) -> Self {
-        let direct = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()
-            .map(|f| (f, Window::new()));
         SequentialWriter {
             file,
-            direct,
+            direct: open_direct(path),
             pos: 0,
         }
     }
@@ -140,19 +178,16 @@ impl SequentialWriter {
                 ),
             ));
         }
-        let Some((direct, window)) = self.direct.as_mut() else {
-            write_sparse(&self.file, data, offset)?;
-            self.pos += data.len() as u64;
-            return Ok(());
-        };
         let mut rest = data;
         while !rest.is_empty() {
+            let Some((_, window)) = self.direct.as_mut() else {
+                write_sparse(&self.file, rest, offset + (data.len() - rest.len()) as u64)?;
+                break;
+            };
             let n = window.push(rest);
             rest = &rest[n..];
             if window.len == WINDOW {
-                write_sparse(direct, window.filled(), window.off)?;
-                window.off += WINDOW as u64;
-                window.len = 0;
+                flush_window(&self.file, &mut self.direct)?;
             }
         }
         self.pos += data.len() as u64;
@@ -165,23 +200,89 @@ impl SequentialWriter {
     /// # Errors
     /// The write's or the sync's error.
     pub fn finish(&mut self) -> io::Result<()> {
-        if let Some((direct, window)) = self.direct.as_mut() {
-            let w = window.filled();
-            let aligned = w.len() - w.len() % ALIGN;
-            if aligned > 0 {
-                write_sparse(direct, &w[..aligned], window.off)?;
-            }
-            if aligned < w.len() {
-                self.file
-                    .write_all_at(&w[aligned..], window.off + aligned as u64)?;
-            }
-            window.off += w.len() as u64;
-            window.len = 0;
-        }
+        flush_window(&self.file, &mut self.direct)?;
         if self.file.metadata()?.len() < self.pos {
             self.file.set_len(self.pos)?;
         }
         self.file.sync_data()
+    }
+}
+
+/// Writes extents at their offsets, in any order, with O_DIRECT where the filesystem allows
+/// it: a decoded disk whose extents come out of guest order (a qcow2's clusters are stored in
+/// the order the guest wrote them).
+///
+/// Consecutive extents (the common case) are gathered in the aligned window and written with
+/// O_DIRECT when it is full or when the next extent does not continue it; all-zero 64 KiB
+/// blocks are left as holes. The bytes of an extent before the first 4 KiB boundary of a
+/// window, and a window's unaligned tail, go through the page cache. Every 4 KiB block of the
+/// file is therefore written either only directly or only through the page cache (extents
+/// never overlap), so the two paths do not race. Without O_DIRECT (tmpfs) every write is a
+/// plain positional write.
+pub struct PositionalWriter {
+    file: File,
+    direct: Option<(File, Window)>,
+}
+
+impl PositionalWriter {
+    /// `file` is opened for writing; `path` names it (a second, O_DIRECT descriptor is opened on
+    /// it when possible).
+    pub fn new(file: File, path: &Path) -> Self {
+        PositionalWriter {
+            file,
+            direct: open_direct(path),
+        }
+    }
+
+    /// Write `data` at `offset` (extents must not overlap earlier ones).
+    ///
+    /// # Errors
+    /// The write's error.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let continues = self
+            .direct
+            .as_ref()
+            .is_some_and(|(_, w)| w.len > 0 && w.end() == offset);
+        if !continues {
+            flush_window(&self.file, &mut self.direct)?;
+        }
+        let mut rest = data;
+        let mut at = offset;
+        while !rest.is_empty() {
+            let Some((_, w)) = self.direct.as_mut() else {
+                return self.file.write_all_at(rest, at);
+            };
+            if w.len == 0 {
+                // A window starts at a 4 KiB boundary: the bytes before it go buffered.
+                let head = ((ALIGN as u64 - at % ALIGN as u64) % ALIGN as u64)
+                    .min(rest.len() as u64) as usize;
+                w.off = at + head as u64;
+                if head > 0 {
+                    self.file.write_all_at(&rest[..head], at)?;
+                    rest = &rest[head..];
+                    at += head as u64;
+                    continue;
+                }
+            }
+            let n = w.push(rest);
+            rest = &rest[n..];
+            at += n as u64;
+            if w.len == WINDOW {
+                flush_window(&self.file, &mut self.direct)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write what is still gathered, give the file `len` bytes (trailing holes included) and
+    /// fsync it.
+    ///
+    /// # Errors
+    /// The write's, the resize's or the sync's error.
+    pub fn finish(&mut self, len: u64) -> io::Result<()> {
+        flush_window(&self.file, &mut self.direct)?;
+        self.file.set_len(len)?;
+        self.file.sync_all()
     }
 }
 
@@ -254,5 +355,48 @@ mod tests {
         w.write_at(0, b"abc").unwrap();
         let e = w.write_at(10, b"def").unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn positional_writes_in_any_order_and_alignment_make_the_same_file() {
+        let len = (9 << 20) + 1234;
+        let data: Vec<u8> = (0..len)
+            .map(|i| {
+                if (i / 70000) % 3 == 1 {
+                    0
+                } else {
+                    (i * 7 % 251) as u8
+                }
+            })
+            .collect();
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if let Ok(d) = tempfile::tempdir_in("/dev/shm") {
+            dirs.push(d);
+        }
+        for d in &dirs {
+            for (case, piece) in [512usize, 4096 + 512, 65536, 1 << 20, 5 << 20]
+                .into_iter()
+                .enumerate()
+            {
+                let path = d.path().join(format!("f{case}"));
+                let mut w = PositionalWriter::new(File::create(&path).unwrap(), &path);
+                let pieces: Vec<(usize, &[u8])> = data
+                    .chunks(piece)
+                    .enumerate()
+                    .map(|(i, c)| (i * piece, c))
+                    .collect();
+                // In order, then every other piece in reverse (gaps and restarts).
+                let (evens, odds): (Vec<_>, Vec<_>) =
+                    pieces.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+                for (_, (o, c)) in evens.iter() {
+                    w.write_at(*o as u64, c).unwrap();
+                }
+                for (_, (o, c)) in odds.iter().rev() {
+                    w.write_at(*o as u64, c).unwrap();
+                }
+                w.finish(len as u64).unwrap();
+                assert_eq!(std::fs::read(&path).unwrap(), data, "piece {piece}");
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@ pub mod keystone;
 pub mod lvm;
 mod reader;
 
-pub use direct::SequentialWriter;
+pub use direct::{PositionalWriter, SequentialWriter};
 pub use file_sink::{FileSink, FileZeroes};
 pub use http::{HttpOptions, HttpSource};
 pub use reader::ReaderSource;
