@@ -63,6 +63,15 @@ fn sh(c: &mut Command) {
     );
 }
 
+/// The `[cache]` section every raw-mode spec here uses (key file next to the cache dir).
+const RAW_CACHE: &str = "[cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n";
+
+/// A raw-mode spec: `source` path, the sections between `[source]` and `[sink]` (inspect,
+/// verify, encrypt), the sink `disk`, and [`RAW_CACHE`].
+fn raw_spec(source: &str, middle: &str, disk: &str) -> String {
+    format!("[source]\npath = \"{source}\"\n{middle}[sink]\npath = \"{disk}\"\n{RAW_CACHE}")
+}
+
 struct Run {
     code: i32,
     json: serde_json::Value,
@@ -142,11 +151,10 @@ fn raw_mode_fills_once_hits_without_decoding_and_rejects_tampering() {
     let digest = sha512(&qcow);
     write_key(&d.join("cache.key"));
     let spec = |disk: &str, extra: &str| {
-        format!(
-            "[source]\npath = \"img.qcow2\"\n[inspect]\ndisk_format = \"qcow2\"\n{extra}\n\
-             [verify]\nsha512 = \"{digest}\"\n[sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n"
-        )
+        let middle = format!(
+            "[inspect]\ndisk_format = \"qcow2\"\n{extra}\n[verify]\nsha512 = \"{digest}\"\n"
+        );
+        raw_spec("img.qcow2", &middle, disk)
     };
     let cache = d.join("cache");
 
@@ -395,14 +403,14 @@ fn raw_hits_enforce_each_requests_trusted_certificates_and_signature() {
     let b64 =
         base64::engine::general_purpose::STANDARD.encode(std::fs::read(d.join("sig.bin")).unwrap());
     let spec = |disk: &str, trusted: &str, sig: &str| {
-        format!(
-            "[source]\npath = \"img.qcow2\"\n[inspect]\ndisk_format = \"qcow2\"\n\
+        let middle = format!(
+            "[inspect]\ndisk_format = \"qcow2\"\n\
              [verify]\nsha512 = \"{}\"\n[verify.signature]\nsignature = \"{sig}\"\n\
              hash_method = \"SHA-256\"\nkey_type = \"RSA-PSS\"\ncertificate = \"leaf.pem\"\n\
-             trusted_certificates = [\"{trusted}\"]\n[sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n",
+             trusted_certificates = [\"{trusted}\"]\n",
             sha512(&qcow)
-        )
+        );
+        raw_spec("img.qcow2", &middle, disk)
     };
     let r = run(d, &spec("disk1.raw", "ca-a.pem", &b64));
     assert_eq!(r.code, 0, "{}", r.json);
@@ -453,13 +461,11 @@ fn raw_mode_with_clusters_out_of_guest_order() {
         .arg(d.join("expected.raw")));
     let expected = std::fs::read(d.join("expected.raw")).unwrap();
     write_key(&d.join("cache.key"));
-    let spec = |disk: &str| {
-        format!(
-            "[source]\npath = \"ooo.qcow2\"\n[verify]\nsha512 = \"{}\"\n[sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n",
-            sha512(&std::fs::read(&img).unwrap())
-        )
-    };
+    let verify = format!(
+        "[verify]\nsha512 = \"{}\"\n",
+        sha512(&std::fs::read(&img).unwrap())
+    );
+    let spec = |disk: &str| raw_spec("ooo.qcow2", &verify, disk);
     let r = run(d, &spec("disk1.raw"));
     assert_eq!(r.code, 0, "{}", r.json);
     assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
@@ -522,17 +528,11 @@ fn raw_mode_with_small_clusters_in_reverse_order() {
     let expected = std::fs::read(d.join("expected.raw")).unwrap();
     write_key(&d.join("cache.key"));
     let digest = sha512(&std::fs::read(&img).unwrap());
-    let spec = |disk: &str| {
-        format!(
-            // disk_format declared: an undeclared qcow2 that ends before the inspector
-            // decides is decoded as raw and rejected at its end (inspect.final_format), with
-            // or without a cache — a disk-stage issue outside this test's subject.
-            "[source]\npath = \"small.qcow2\"\n[inspect]\ndisk_format = \"qcow2\"\n\
-             [verify]\nsha512 = \"{digest}\"\n\
-             [sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n"
-        )
-    };
+    // disk_format declared: an undeclared qcow2 that ends before the inspector decides is
+    // decoded as raw and rejected at its end (inspect.final_format), with or without a cache —
+    // a disk-stage issue outside this test's subject.
+    let middle = format!("[inspect]\ndisk_format = \"qcow2\"\n[verify]\nsha512 = \"{digest}\"\n");
+    let spec = |disk: &str| raw_spec("small.qcow2", &middle, disk);
     let r = run(d, &spec("disk1.raw"));
     assert_eq!(r.code, 0, "{}", r.json);
     assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
@@ -592,14 +592,12 @@ fn raw_mode_fill_and_hit_for_each_format() {
             .arg(&img)
             .arg(&exp));
         let expected = std::fs::read(&exp).unwrap();
-        let spec = |disk: &str| {
-            format!(
-                "[source]\npath = \"{}\"\n[verify]\nsha512 = \"{}\"\n[sink]\npath = \"{disk}\"\n\
-                 [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n",
-                img.display(),
-                sha512(&std::fs::read(&img).unwrap())
-            )
-        };
+        let verify = format!(
+            "[verify]\nsha512 = \"{}\"\n",
+            sha512(&std::fs::read(&img).unwrap())
+        );
+        let source = img.display().to_string();
+        let spec = |disk: &str| raw_spec(&source, &verify, disk);
         let r = run(d, &spec("fill.raw"));
         assert_eq!(r.code, 0, "{fmt} {opts}: {}", r.json);
         assert!(
@@ -639,10 +637,10 @@ fn raw_entry_is_not_served_to_a_request_expecting_another_digest() {
     let qcow = qcow2_of(d, &data);
     write_key(&d.join("cache.key"));
     let spec = |disk: &str, digest: &str| {
-        format!(
-            "[source]\npath = \"img.qcow2\"\n[verify]\nsha512 = \"{digest}\"\n\
-             [sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n"
+        raw_spec(
+            "img.qcow2",
+            &format!("[verify]\nsha512 = \"{digest}\"\n"),
+            disk,
         )
     };
     let good = sha512(&qcow);
@@ -683,12 +681,12 @@ fn raw_mode_with_encryption_and_limits() {
     write_key(&d.join("cache.key"));
     std::fs::write(d.join("xts.key"), image(64, 77)).unwrap();
     let spec = |disk: &str, extra: &str| {
-        format!(
-            "[source]\npath = \"img.qcow2\"\n[inspect]\n{extra}\n[verify]\nsha512 = \"{}\"\n\
-             [encrypt]\nformat = \"plain\"\nkey_file = \"xts.key\"\n[sink]\npath = \"{disk}\"\n\
-             [cache]\ndir = \"cache\"\nmode = \"raw\"\nkey_file = \"cache.key\"\n",
+        let middle = format!(
+            "[inspect]\n{extra}\n[verify]\nsha512 = \"{}\"\n\
+             [encrypt]\nformat = \"plain\"\nkey_file = \"xts.key\"\n",
             sha512(&qcow)
-        )
+        );
+        raw_spec("img.qcow2", &middle, disk)
     };
     let r = run(d, &spec("enc1.raw", ""));
     assert_eq!(r.code, 0, "{}", r.json);
