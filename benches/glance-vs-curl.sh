@@ -71,6 +71,7 @@ timed() { # timed NAME CMD... : run CMD, append its wall time to T[NAME]
   T[$name]+="$(secs "$s" "$e") "
 }
 declare -A T
+DRAIN_CPU=""
 cat "$stored" >/dev/null # warm the page cache for everyone alike
 
 if [ -w "$(dirname "$lock")" ]; then
@@ -85,6 +86,7 @@ for _ in $(seq 1 "$RUNS"); do
   timed file "$bin" run --json --progress never "$DIR/file.toml"
   timed verify "$bin" run --json --progress never "$DIR/verify.toml"
   timed drain env IMGPIPE_BENCH_DATA_URL="$url" "$drain" --ignored --exact bench_drain_http_source --nocapture
+  DRAIN_CPU+="$(awk '/^DRAIN_SECONDS/{for (i = 1; i < NF; i++) if ($i == "CPU_USER") u = $(i + 1); else if ($i == "CPU_SYS") s = $(i + 1); print u + s}' "$DIR/drain.out") "
   timed local "$bin" run --json --progress never "$DIR/local.toml"
 done
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -106,6 +108,9 @@ for k in file verify drain local; do
 done
 awk -v l="${M[local]}" -v t="${M[verify]}" \
   'BEGIN{printf "verify from Glance / the same checks on the local file (throughput) = %.2f\n", l/t}'
+dc="$(echo "$DRAIN_CPU" | med)"
+[ -n "$dc" ] && awk -v c="$dc" -v b="$mb" \
+  'BEGIN{printf "drain: HttpSource CPU (user+sys of the process, source created to end) median %.3f s = %.2f CPU-s per GiB\n", c, c/(b/1073741824)}'
 for k in verify local; do
   echo "stages of the last $k run (busy seconds):"
   python3 - "$DIR/$k.out" <<'PYEOF'
