@@ -254,8 +254,7 @@ impl PositionalWriter {
             };
             if w.len == 0 {
                 // A window starts at a 4 KiB boundary: the bytes before it go buffered.
-                let head = ((ALIGN as u64 - at % ALIGN as u64) % ALIGN as u64)
-                    .min(rest.len() as u64) as usize;
+                let head = ((ALIGN - (at % ALIGN as u64) as usize) % ALIGN).min(rest.len());
                 w.off = at + head as u64;
                 if head > 0 {
                     self.file.write_all_at(&rest[..head], at)?;
