@@ -178,6 +178,72 @@ pub(crate) fn unsupported(format: Format, message: impl Into<String>) -> DecodeE
     }
 }
 
+pub(crate) fn rejected(
+    format: Format,
+    check: &'static str,
+    message: impl Into<String>,
+) -> DecodeError {
+    DecodeError::Rejected {
+        format,
+        check,
+        message: message.into(),
+    }
+}
+
+/// Host byte ranges that hold an image's own metadata (header, descriptor, tables), so that a
+/// table entry pointing into them is refused by name instead of being read as guest data (or
+/// failing later because the bytes were already used as a table).
+///
+/// A few named ranges plus one family of same-length tables (qcow2 L2 tables, VMDK grain
+/// tables) kept as sorted start offsets: 8 bytes per table, queried by binary search.
+#[derive(Debug, Default)]
+pub(crate) struct MetaRanges {
+    named: Vec<(u64, u64, &'static str)>,
+    tables: Vec<u64>,
+    table_len: u64,
+    table_what: &'static str,
+}
+
+impl MetaRanges {
+    /// Record `what` at `start..start + len` (the end saturates).
+    pub(crate) fn add(&mut self, what: &'static str, start: u64, len: u64) {
+        if len > 0 {
+            self.named.push((start, start.saturating_add(len), what));
+        }
+    }
+
+    /// Record the family of tables of `len` bytes each at `starts`.
+    pub(crate) fn set_tables(&mut self, what: &'static str, mut starts: Vec<u64>, len: u64) {
+        starts.sort_unstable();
+        starts.dedup();
+        self.tables = starts;
+        self.table_len = len;
+        self.table_what = what;
+    }
+
+    /// The first metadata range that `start..start + len` overlaps: (what, start, end).
+    pub(crate) fn find(&self, start: u64, len: u64) -> Option<(&'static str, u64, u64)> {
+        let end = start.saturating_add(len);
+        if len == 0 {
+            return None;
+        }
+        if let Some(&(s, e, what)) = self.named.iter().find(|(s, e, _)| *s < end && *e > start) {
+            return Some((what, s, e));
+        }
+        if self.table_len == 0 {
+            return None;
+        }
+        // The first table ending after `start` overlaps if it begins before `end`.
+        let len = self.table_len;
+        let i = self
+            .tables
+            .partition_point(|t| t.saturating_add(len) <= start);
+        let t = *self.tables.get(i)?;
+        let t_end = t.saturating_add(self.table_len);
+        (t < end && t_end > start).then_some((self.table_what, t, t_end))
+    }
+}
+
 pub(crate) fn limit(format: Format, message: impl Into<String>) -> DecodeError {
     DecodeError::Limit {
         format,

@@ -103,6 +103,17 @@ pub enum DecodeError {
         /// What was wrong, with the value seen and what was allowed.
         message: String,
     },
+    /// The image is refused by a named check: its tables are inconsistent in a way a reader
+    /// must not act on (e.g. a table entry that points into the image's own metadata).
+    #[error("{format} image rejected by check {check}: {message}")]
+    Rejected {
+        /// The format being decoded.
+        format: Format,
+        /// Stable dotted check id, e.g. `qcow2.l2_entry`.
+        check: &'static str,
+        /// What was wrong, with the values seen.
+        message: String,
+    },
     /// The image uses a feature the decoder does not implement.
     #[error("unsupported {format} feature: {message}")]
     Unsupported {
@@ -122,6 +133,16 @@ pub enum DecodeError {
     /// The spill area failed.
     #[error("spill area I/O error: {0}")]
     Spill(#[from] std::io::Error),
+}
+
+impl DecodeError {
+    /// The stable check id of a [`DecodeError::Rejected`] error (`None` for the other kinds).
+    pub fn check(&self) -> Option<&'static str> {
+        match self {
+            DecodeError::Rejected { check, .. } => Some(check),
+            _ => None,
+        }
+    }
 }
 
 /// Options common to decoders.

@@ -7,7 +7,9 @@
 //! external data file, encryption, the corrupt bit and unknown incompatible bits are refused
 //! with named errors.
 
-use super::engine::{Codec, Core, Layout, Tag, Want, field, malformed, unsupported};
+use super::engine::{
+    Codec, Core, Layout, MetaRanges, Tag, Want, field, malformed, rejected, unsupported,
+};
 use super::{DecodeError, DecodeOptions};
 use crate::Format;
 
@@ -45,6 +47,10 @@ struct Header {
     size: u64,
     l1_entries: u64,
     l1_offset: u64,
+    /// Entries of the L1 table as the header sizes it (at least `l1_entries`).
+    l1_size: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u64,
     ext_l2: bool,
     codec: Codec,
     /// Where header extensions start.
@@ -69,6 +75,9 @@ pub(crate) struct Qcow2 {
     first: Vec<u8>,
     l1_done: bool,
     l2_outstanding: u64,
+    /// Host ranges of the header cluster, L1 table, refcount table and L2 tables: no L1 or L2
+    /// entry may point into them.
+    meta: MetaRanges,
 }
 
 impl Qcow2 {
@@ -79,6 +88,7 @@ impl Qcow2 {
             first: Vec::new(),
             l1_done: false,
             l2_outstanding: 0,
+            meta: MetaRanges::default(),
         }
     }
 
@@ -210,6 +220,9 @@ impl Qcow2 {
             size,
             l1_entries: 0,
             l1_offset,
+            l1_size,
+            refcount_table_offset: field::be64(b, 48),
+            refcount_table_clusters: u64::from(field::be32(b, 56)),
             ext_l2,
             codec,
             ext_start: header_len as usize,
@@ -288,6 +301,18 @@ impl Qcow2 {
         };
         self.parse_extensions(&h, c0)?;
         self.first = Vec::new();
+        let cs = h.cluster_size;
+        self.meta.add("the header cluster", 0, cs);
+        // Whole clusters: qemu allocates tables cluster by cluster.
+        let l1_bytes = (h.l1_size * 8).div_ceil(cs).saturating_mul(cs);
+        self.meta.add("the L1 table", h.l1_offset, l1_bytes);
+        if h.refcount_table_offset != 0 {
+            self.meta.add(
+                "the refcount table",
+                h.refcount_table_offset,
+                h.refcount_table_clusters.saturating_mul(cs),
+            );
+        }
         if h.l1_entries == 0 {
             self.l1_done = true;
             return Ok(());
@@ -295,8 +320,33 @@ impl Qcow2 {
         core.want(h.l1_offset, h.l1_entries * 8, Want::Meta(TAG_L1))
     }
 
+    /// Refuse a cluster (or compressed range) of guest data or an L2 table that lies in the
+    /// image's own metadata: qemu would read it as data (or as a table), an attacker's way to
+    /// make one structure mean two things.
+    fn check_host(
+        &self,
+        check: &'static str,
+        what: &str,
+        off: u64,
+        len: u64,
+    ) -> Result<(), DecodeError> {
+        match self.meta.find(off, len) {
+            None => Ok(()),
+            Some((meta, s, e)) => Err(rejected(
+                F,
+                check,
+                format!(
+                    "{what} at host offset {off:#x}..{:#x} overlaps {meta} at {s:#x}..{e:#x}; \
+                     table entries may only point at data clusters",
+                    off.saturating_add(len)
+                ),
+            )),
+        }
+    }
+
     fn on_l1(&mut self, core: &mut Core, h: Header, l1: &[u8]) -> Result<(), DecodeError> {
         let span = h.l2_span();
+        let mut l2_tables = Vec::new();
         for i in 0..h.l1_entries {
             let e = field::be64(l1, (i * 8) as usize);
             let guest = i * span;
@@ -322,9 +372,18 @@ impl Qcow2 {
                     ),
                 ));
             }
+            self.check_host(
+                "qcow2.l1_entry",
+                &format!("L1 entry {i}: L2 table"),
+                off,
+                h.cluster_size,
+            )?;
+            l2_tables.push(off);
             self.l2_outstanding += 1;
             core.want(off, h.cluster_size, Want::Meta(TAG_L2 | (i << 8)))?;
         }
+        self.meta
+            .set_tables("an L2 table", l2_tables, h.cluster_size);
         self.l1_done = true;
         Ok(())
     }
@@ -368,6 +427,12 @@ impl Qcow2 {
                 let coff = e & ((1u64 << x) - 1);
                 let nsec = ((e >> x) & ((1u64 << (62 - x)) - 1)) + 1;
                 let csize = nsec * 512 - (coff & 511);
+                self.check_host(
+                    "qcow2.l2_entry",
+                    &format!("{}: compressed cluster", at()),
+                    coff,
+                    csize,
+                )?;
                 run.flush(core)?;
                 core.want(
                     coff,
@@ -400,6 +465,14 @@ impl Qcow2 {
                         at()
                     ),
                 ));
+            }
+            if off != 0 {
+                self.check_host(
+                    "qcow2.l2_entry",
+                    &format!("{}: data cluster", at()),
+                    off,
+                    cs,
+                )?;
             }
             if !h.ext_l2 {
                 if e & ZERO_FLAG != 0 || off == 0 {

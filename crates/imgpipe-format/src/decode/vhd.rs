@@ -11,7 +11,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::engine::{Core, Engine, Layout, Tag, Want, field, limit, malformed, unsupported};
+use super::engine::{
+    Core, Engine, Layout, MetaRanges, Tag, Want, field, limit, malformed, rejected, unsupported,
+};
 use super::raw::RawDecoder;
 use super::spill::SpillStore;
 use super::{DecodeError, DecodeOptions, Decoder, Extent};
@@ -88,6 +90,26 @@ struct VhdDynamic {
     block_size: u64,
     bitmap_size: u64,
     bat_done: bool,
+    /// Host ranges of the footer copy, dynamic header and BAT: no block may lie in them.
+    meta: MetaRanges,
+}
+
+impl VhdDynamic {
+    fn check_host(&self, what: &str, off: u64, len: u64) -> Result<(), DecodeError> {
+        match self.meta.find(off, len) {
+            None => Ok(()),
+            Some((meta, s, e)) => Err(rejected(
+                F,
+                "vhd.block_table",
+                format!(
+                    "{what} at sector {} (bytes {off:#x}..{:#x}) overlaps {meta} at \
+                     {s:#x}..{e:#x}; BAT entries may only point at data blocks",
+                    off / 512,
+                    off.saturating_add(len)
+                ),
+            )),
+        }
+    }
 }
 
 impl Layout for VhdDynamic {
@@ -114,6 +136,18 @@ impl Layout for VhdDynamic {
                     ));
                 }
                 self.footer = Some(f);
+                self.meta.add("the footer copy", 0, FOOTER as u64);
+                if f.data_offset < FOOTER as u64 {
+                    return Err(rejected(
+                        F,
+                        "vhd.dynamic_header",
+                        format!(
+                            "dynamic header offset {} overlaps the footer copy at 0..512",
+                            f.data_offset
+                        ),
+                    ));
+                }
+                self.meta.add("the dynamic header", f.data_offset, 1024);
                 core.want(f.data_offset, 1024, Want::Meta(TAG_DYN_HEADER))
             }
             TAG_DYN_HEADER => {
@@ -154,6 +188,9 @@ impl Layout for VhdDynamic {
                 self.block_size = bs;
                 self.bitmap_size = (bs / (8 * 512)).div_ceil(512) * 512;
                 let needed = f.size.div_ceil(bs);
+                self.check_host("the BAT", bat, needed * 4)?;
+                self.meta
+                    .add("the BAT", bat, (entries * 4).div_ceil(512) * 512);
                 core.want(bat, needed * 4, Want::Meta(TAG_BAT))
             }
             TAG_BAT => {
@@ -168,7 +205,13 @@ impl Layout for VhdDynamic {
                     if e == UNALLOCATED {
                         core.zero(guest, len);
                     } else {
-                        let host = u64::from(e) * 512 + self.bitmap_size;
+                        let block = u64::from(e) * 512;
+                        self.check_host(
+                            &format!("BAT entry {i}: block"),
+                            block,
+                            self.bitmap_size + len,
+                        )?;
+                        let host = block + self.bitmap_size;
                         core.want(host, len, Want::Data { guest })?;
                     }
                 }
@@ -324,6 +367,7 @@ impl VhdDecoder {
                 block_size: 0,
                 bitmap_size: 0,
                 bat_done: false,
+                meta: MetaRanges::default(),
             };
             let mut e = Box::new(Engine::new(layout, &self.opts, spill));
             e.feed(&first, out)?;

@@ -17,7 +17,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::engine::{Codec, Core, Layout, Tag, Want, field, limit, malformed, unsupported};
+use super::engine::{
+    Codec, Core, Layout, MetaRanges, Tag, Want, field, limit, malformed, rejected, unsupported,
+};
 use super::{DecodeError, DecodeOptions};
 use crate::Format;
 
@@ -56,6 +58,7 @@ struct Header {
     capacity: u64,
     grain: u64,
     gtes: u64,
+    rgd_offset: u64,
     gd_offset: u64,
     overhead: u64,
     desc_offset: u64,
@@ -105,6 +108,9 @@ pub(crate) struct Vmdk {
     footer: Option<(u64, u64)>,
     /// Marker mode: stream offset of the end-of-stream marker.
     eos: Option<u64>,
+    /// GD mode: host ranges of the header, descriptor, grain directories and grain tables; no
+    /// directory or table entry may point into them.
+    meta: MetaRanges,
 }
 
 impl Vmdk {
@@ -122,6 +128,7 @@ impl Vmdk {
             gd: None,
             footer: None,
             eos: None,
+            meta: MetaRanges::default(),
         }
     }
 
@@ -192,6 +199,7 @@ impl Vmdk {
             capacity,
             grain,
             gtes,
+            rgd_offset: field::le64(b, 48),
             gd_offset,
             overhead,
             desc_offset,
@@ -310,10 +318,51 @@ impl Vmdk {
                 format!("grain directory sector {} overflows", h.gd_offset),
             )
         })?;
+        let gd_len = (h.gd_entries() * 4).div_ceil(SECTOR) * SECTOR;
+        self.meta.add("the sparse header", 0, SECTOR);
+        self.meta.add(
+            "the descriptor",
+            h.desc_offset * SECTOR,
+            h.desc_size * SECTOR,
+        );
+        self.meta.add("the grain directory", gd, gd_len);
+        if h.rgd_offset != 0 && h.rgd_offset != GD_AT_END {
+            self.meta.add(
+                "the redundant grain directory",
+                h.rgd_offset.saturating_mul(SECTOR),
+                gd_len,
+            );
+        }
         core.want(gd, h.gd_entries() * 4, Want::Meta(TAG_GD))
     }
 
+    /// Refuse a grain table or grain that lies in the image's own metadata (qemu would read
+    /// the descriptor or a table as guest data).
+    fn check_host(
+        &self,
+        check: &'static str,
+        what: &str,
+        off: u64,
+        len: u64,
+    ) -> Result<(), DecodeError> {
+        match self.meta.find(off, len) {
+            None => Ok(()),
+            Some((meta, s, e)) => Err(rejected(
+                F,
+                check,
+                format!(
+                    "{what} at sector {} (bytes {off:#x}..{:#x}) overlaps {meta} at \
+                     {s:#x}..{e:#x}; table entries may only point at grains",
+                    off / SECTOR,
+                    off.saturating_add(len)
+                ),
+            )),
+        }
+    }
+
     fn on_gd(&mut self, core: &mut Core, h: Header, gd: &[u8]) -> Result<(), DecodeError> {
+        let gt_len = (h.gtes * 4).div_ceil(SECTOR) * SECTOR;
+        let mut tables = Vec::new();
         for i in 0..h.gd_entries() {
             let gt = u64::from(field::le32(gd, (i * 4) as usize));
             let guest = i * h.gt_span();
@@ -321,9 +370,17 @@ impl Vmdk {
                 core.zero(guest, h.gt_span().min(h.size() - guest));
                 continue;
             }
+            self.check_host(
+                "vmdk.grain_directory",
+                &format!("grain directory entry {i}: grain table"),
+                gt * SECTOR,
+                gt_len,
+            )?;
+            tables.push(gt * SECTOR);
             self.gt_outstanding += 1;
             core.want(gt * SECTOR, h.gtes * 4, Want::Meta(TAG_GT | (i << 8)))?;
         }
+        self.meta.set_tables("a grain table", tables, gt_len);
         self.gd_done = true;
         Ok(())
     }
@@ -343,6 +400,12 @@ impl Vmdk {
                 continue;
             }
             let host = e * SECTOR;
+            self.check_host(
+                "vmdk.grain_table",
+                &format!("grain table {i} entry {k}: grain"),
+                host,
+                if h.compressed() { SECTOR } else { len },
+            )?;
             if h.compressed() {
                 core.want(
                     host,
