@@ -92,7 +92,11 @@ impl Hit {
     ) -> Self {
         debug_assert_eq!(lock.mode(), Mode::Shared);
         // Last use = the data file's mtime (eviction by age reads it). Best effort.
-        if let Ok(f) = OpenOptions::new().write(true).open(&paths.data) {
+        if let Ok(f) = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&paths.data)
+        {
             let _ = f.set_modified(SystemTime::now());
         }
         Hit {
@@ -352,11 +356,13 @@ pub struct Fill {
 impl Fill {
     pub(crate) fn new(cache: &Cache, key: CacheKey, paths: Paths, lock: EntryLock) -> Result<Fill> {
         debug_assert_eq!(lock.mode(), Mode::Exclusive);
+        // The caller cleared the entry's files under the exclusive lock: the partial file is
+        // new, and never opened through a symlink.
         let file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&paths.part)
             .map_err(|e| io_err("cannot create", &paths.part, e))?;
         Ok(Fill {
@@ -566,9 +572,9 @@ impl Fill {
             use std::io::Write;
             let mut f = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o644)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&p.sidecar_tmp)
                 .map_err(|e| io_err("cannot create", &p.sidecar_tmp, e))?;
             f.write_all(&text)

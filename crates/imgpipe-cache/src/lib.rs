@@ -21,6 +21,9 @@
 //! - **Crash safety**: a killed filler leaves at most `<id>.part`, `<id>.json.tmp` or a data
 //!   file without sidecar; none is ever taken for an entry, and the next lock holder (or
 //!   [`Cache::open`], [`Cache::prune`]) removes them.
+//! - **Who may write it** ([`safety`]): a directory others can write, a symlinked directory
+//!   or one owned by another user is refused (check `cache.dir`); an entry file that is not a
+//!   regular file (a directory, symlink, FIFO) is quarantined and the entry filled again.
 //! - **Eviction** by last use (the data file's mtime, set on every hit) and total size
 //!   ([`Cache::evict`]), skipping entries in use.
 //!
@@ -32,9 +35,11 @@ mod entry;
 mod lock;
 mod maint;
 pub mod raw;
+pub mod safety;
 mod sidecar;
 mod tree;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -78,6 +83,8 @@ pub struct Cache {
     raw_key: Option<RawKey>,
     /// Lookups fill and hit raw entries.
     raw: bool,
+    /// Warnings for the run (quarantined entry files).
+    notes: safety::Notes,
 }
 
 impl std::fmt::Debug for Cache {
@@ -108,11 +115,18 @@ impl Cache {
     /// `Io` when the directory cannot be created or read; `Spec`/`Io` for an unusable key file
     /// ([`RawKey::load_or_create`]).
     pub fn open(spec: &CacheSpec) -> Result<Cache> {
-        std::fs::create_dir_all(&spec.dir).map_err(|e| io_err("cannot create", &spec.dir, e))?;
+        // 0755 at most (the umask may take more): a directory this creates is never one that
+        // check_dir refuses.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&spec.dir)
+            .map_err(|e| io_err("cannot create", &spec.dir, e))?;
         let dir = spec
             .dir
             .canonicalize()
             .map_err(|e| io_err("cannot resolve", &spec.dir, e))?;
+        safety::check_dir(&spec.dir, &dir)?;
         let raw_key = if spec.raw {
             let default = PathBuf::from(imgpipe_spec::DEFAULT_CACHE_KEY_FILE);
             let path = spec.key_file.as_ref().unwrap_or(&default);
@@ -126,6 +140,7 @@ impl Cache {
             max_age: spec.max_age,
             raw_key,
             raw: spec.raw,
+            notes: safety::Notes::default(),
         };
         cache.prune()?;
         Ok(cache)
@@ -135,18 +150,40 @@ impl Cache {
     /// tools (`imgpipe cache list`) that must show stale leftovers rather than remove them.
     ///
     /// # Errors
-    /// `Io` when the directory does not exist.
+    /// `Io` when the directory does not exist; `Spec` (check `cache.dir`) when others can
+    /// write it ([`safety::check_dir`]).
     pub fn open_dir(dir: &Path) -> Result<Cache> {
+        let given = dir;
         let dir = dir
             .canonicalize()
             .map_err(|e| io_err("cannot open cache directory", dir, e))?;
+        safety::check_dir(given, &dir)?;
         Ok(Cache {
             dir,
             max_size: None,
             max_age: None,
             raw_key: None,
             raw: false,
+            notes: safety::Notes::default(),
         })
+    }
+
+    /// Warnings since the last call (entry files that were not regular files and were
+    /// quarantined, check `cache.entry_file`), for the run's report.
+    pub fn take_warnings(&self) -> Vec<String> {
+        self.notes.take()
+    }
+
+    /// Take an entry's lock. A lock path that is not a regular file (a directory, symlink,
+    /// FIFO) is quarantined first: nobody can hold a lock on it, and the lock file is opened
+    /// without following symlinks.
+    pub(crate) async fn lock(&self, p: &Paths, mode: Mode) -> Result<lock::EntryLock> {
+        if let Some(w) = safety::quarantine_odd(&p.lock)? {
+            self.notes.push(w);
+        }
+        lock::acquire(&p.lock, mode)
+            .await
+            .map_err(|e| io_err("cannot lock", &p.lock, e))
     }
 
     /// Use `key` to check raw entries (maintenance: `verify` of raw entries needs it).
@@ -254,9 +291,7 @@ impl Cache {
     pub async fn lookup_or_fill(&self, key: &CacheKey) -> Result<Entry> {
         let p = self.paths(&key.id);
         loop {
-            let shared = lock::acquire(&p.lock, Mode::Shared)
-                .await
-                .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+            let shared = self.lock(&p, Mode::Shared).await?;
             if let Some(sc) = self.read_complete(&p, &key.id) {
                 if self.raw && !self.raw_sidecar_ok(&sc) {
                     drop(shared);
@@ -265,9 +300,7 @@ impl Cache {
                 return Ok(Entry::Hit(Hit::new(self, key.clone(), p, sc, shared)));
             }
             drop(shared);
-            let excl = lock::acquire(&p.lock, Mode::Exclusive)
-                .await
-                .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+            let excl = self.lock(&p, Mode::Exclusive).await?;
             if self.read_complete(&p, &key.id).is_some() {
                 // Someone published while we waited: read it under a shared lock.
                 drop(excl);
@@ -299,7 +332,7 @@ impl Cache {
     /// lock and the run is rejected with `cache.mac`.
     async fn reject_raw_sidecar(&self, p: &Paths, id: &str) -> Error {
         let mut note = "the entry was removed";
-        match lock::acquire(&p.lock, Mode::Exclusive).await {
+        match self.lock(p, Mode::Exclusive).await {
             Ok(excl) => {
                 if let Some(sc) = self.read_complete(p, id)
                     && !self.raw_sidecar_ok(&sc)
@@ -322,10 +355,14 @@ impl Cache {
     }
 
     /// The sidecar when the entry is complete: sidecar parses, names this id, and the data file
-    /// exists. Anything else is "no entry" (a filler under the exclusive lock cleans it up).
+    /// exists; both are regular files (a symlink is not followed, a FIFO is never opened).
+    /// Anything else is "no entry" (a filler under the exclusive lock cleans it up).
     /// Completeness is structural and does not depend on the key (pruning must not remove a
     /// raw entry because the key is not at hand); raw hits check the MAC separately.
     pub(crate) fn read_complete(&self, p: &Paths, id: &str) -> Option<Sidecar> {
+        if !std::fs::symlink_metadata(&p.sidecar).ok()?.is_file() {
+            return None;
+        }
         let text = std::fs::read(&p.sidecar).ok()?;
         let sc: Sidecar = serde_json::from_slice(&text).ok()?;
         let shape_ok = match sc.mode.as_str() {
@@ -336,18 +373,24 @@ impl Cache {
         if sc.id != id || sc.version != SIDECAR_VERSION || !shape_ok {
             return None;
         }
-        let meta = std::fs::metadata(&p.data).ok()?;
+        let meta = std::fs::symlink_metadata(&p.data).ok()?;
         meta.is_file().then_some(sc)
     }
 
     /// Remove an entry's files (the caller holds its exclusive lock). The sidecar goes first,
     /// so a crash midway leaves an incomplete entry, never a complete one with missing data.
+    /// Whatever is not a regular file is quarantined ([`safety::quarantine_odd`]), with a
+    /// warning.
     pub(crate) fn clear_files(&self, p: &Paths, lock_too: bool) -> Result<()> {
         let mut list = vec![&p.sidecar, &p.sidecar_tmp, &p.data, &p.part];
         if lock_too {
             list.push(&p.lock);
         }
         for f in list {
+            if let Some(w) = safety::quarantine_odd(f)? {
+                self.notes.push(w);
+                continue;
+            }
             match std::fs::remove_file(f) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -369,9 +412,7 @@ impl Cache {
         if !p.lock.exists() && !p.sidecar.exists() && !p.data.exists() {
             return Ok(false);
         }
-        let l = lock::acquire(&p.lock, Mode::Exclusive)
-            .await
-            .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+        let l = self.lock(&p, Mode::Exclusive).await?;
         let existed = p.sidecar.exists() || p.data.exists() || p.part.exists();
         self.clear_files(&p, true)?;
         drop(l);

@@ -80,6 +80,8 @@ fn flock(file: &File, mode: Mode, block: bool) -> io::Result<bool> {
 
 /// Open (creating) and flock `path`, retrying when the file was unlinked or replaced between
 /// our `open` and the moment the lock was granted. `Ok(None)`: not blocking and busy.
+/// A symlink is not followed (`ELOOP`), and anything but a regular file is an error (the
+/// cache quarantines such a path before locking it).
 fn lock_file(path: &Path, mode: Mode, block: bool) -> io::Result<Option<File>> {
     loop {
         let f = OpenOptions::new()
@@ -88,12 +90,18 @@ fn lock_file(path: &Path, mode: Mode, block: bool) -> io::Result<Option<File>> {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(io::Error::other(
+                "cache.entry_file: the lock path is not a regular file",
+            ));
+        }
         if !flock(&f, mode, block)? {
             return Ok(None);
         }
         let held = f.metadata()?;
-        match std::fs::metadata(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(Some(f)),
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -185,7 +185,7 @@ impl Cache {
         for id in self.ids()? {
             let p = self.paths(&id);
             let sidecar = self.read_complete(&p, &id);
-            let data = std::fs::metadata(&p.data).ok();
+            let data = std::fs::symlink_metadata(&p.data).ok();
             let state = if sidecar.is_some() {
                 EntryState::Complete
             } else {
@@ -200,7 +200,7 @@ impl Cache {
             }
             let bytes = data
                 .as_ref()
-                .or(std::fs::metadata(&p.part).ok().as_ref())
+                .or(std::fs::symlink_metadata(&p.part).ok().as_ref())
                 .map(|m| m.len())
                 .unwrap_or(0);
             out.push(EntryInfo {
@@ -233,9 +233,7 @@ impl Cache {
         } else {
             Mode::Shared
         };
-        let held = lock::acquire(&p.lock, mode)
-            .await
-            .map_err(|e| io_err("cannot lock", &p.lock, e))?;
+        let held = self.lock(&p, mode).await?;
         let mut r = VerifyResult {
             id: id.to_string(),
             label: None,
@@ -302,7 +300,7 @@ impl Cache {
             if self.read_complete(&p, &id).is_none() {
                 continue;
             }
-            if let Ok(m) = std::fs::metadata(&p.data) {
+            if let Ok(m) = std::fs::symlink_metadata(&p.data) {
                 let t = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 entries.push((id, m.len(), t));
             }
@@ -345,6 +343,10 @@ impl Cache {
             let p = self.paths(&id);
             if self.read_complete(&p, &id).is_some() {
                 continue;
+            }
+            // Nobody holds a lock on a lock path that is not a regular file.
+            if let Some(w) = crate::safety::quarantine_odd(&p.lock)? {
+                self.notes.push(w);
             }
             match lock::try_acquire(&p.lock, Mode::Exclusive) {
                 Ok(Some(l)) => {

@@ -104,14 +104,24 @@ fn ago(unix: Option<u64>) -> String {
 }
 
 /// Run `imgpipe cache …`. Exit status: 0 success; 3 `verify` found an entry that does not
-/// match its sidecar; 2 bad arguments; 1 I/O failure.
+/// match its sidecar; 2 bad arguments, or a cache directory others can write (check
+/// `cache.dir`); 1 I/O failure. Entry files that were not regular files and were quarantined
+/// are reported on stderr (check `cache.entry_file`).
 pub async fn run(args: CacheArgs) -> i32 {
-    let json = args.json;
     // No pruning on open: `list` must show leftovers, `prune` removes them explicitly.
-    let mut cache = match Cache::open_dir(&args.dir) {
+    let cache = match Cache::open_dir(&args.dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    let code = run_on(cache.clone(), args).await;
+    for w in cache.take_warnings() {
+        eprintln!("imgpipe cache: warning: {w}");
+    }
+    code
+}
+
+async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
+    let json = args.json;
     let default_key = PathBuf::from(imgpipe::spec::DEFAULT_CACHE_KEY_FILE);
     let key_file = match &args.key_file {
         Some(k) => Some(k.clone()),

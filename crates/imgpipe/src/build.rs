@@ -435,8 +435,14 @@ pub async fn verification_pinned(
             "no expected digest or signature was given: the image bytes were not verified".into(),
         );
     }
+    // The pins check the entry against its own sidecar: reported as cache checks, never as
+    // `digest.*`/`size` (with no expectation of the request's, the image is unverified).
     if let Some(p) = pins {
-        hasher(&mut hashers, p.digest.0).expect(&p.digest.1, "the cache sidecar");
+        hasher(&mut hashers, p.digest.0).expect_as(
+            &p.digest.1,
+            "the cache sidecar",
+            "cache.sidecar_digest",
+        );
     }
     let mut observers: Vec<Box<dyn Observer>> = hashers
         .into_iter()
@@ -446,7 +452,9 @@ pub async fn verification_pinned(
         observers.push(Box::new(SizeObserver::new(size, "the spec")));
     }
     if let Some(p) = pins {
-        observers.push(Box::new(SizeObserver::new(p.size, "the cache sidecar")));
+        observers.push(Box::new(
+            SizeObserver::new(p.size, "the cache sidecar").with_check("cache.sidecar_size"),
+        ));
     }
     Ok((observers, warnings))
 }
@@ -680,7 +688,7 @@ pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUs
     let mut size_hint = None;
     let spec = match &spec.cache {
         None => spec,
-        Some(cs) => match imgpipe_cache::Cache::open(cs)?.lookup(spec).await? {
+        Some(cs) => match cache_lookup(cs, spec, &mut early_warnings).await? {
             Some(imgpipe_cache::Entry::Hit(hit)) if hit.sidecar().mode == "raw" => {
                 match raw_hit_checks(spec, hit.sidecar(), token).await? {
                     RawHit::Serve(w) => {
@@ -756,6 +764,20 @@ pub async fn build_cached(spec: &Spec) -> Result<(Pipeline, Vec<String>, CacheUs
             Err(e)
         }
     }
+}
+
+/// Open the cache (refusing a directory others can write, check `cache.dir`) and look the
+/// request up; entry files found not to be regular files were quarantined: their warnings
+/// (check `cache.entry_file`) go to the run's report.
+async fn cache_lookup(
+    cs: &imgpipe_spec::CacheSpec,
+    spec: &Spec,
+    warnings: &mut Vec<String>,
+) -> Result<Option<imgpipe_cache::Entry>> {
+    let cache = imgpipe_cache::Cache::open(cs)?;
+    let entry = cache.lookup(spec).await;
+    warnings.extend(cache.take_warnings());
+    entry
 }
 
 /// What [`build_cached`] hands to the common assembly.

@@ -14,7 +14,8 @@ use crate::verdict::verdict_error;
 /// and, when given, the image signature over the same digest (no second hashing pass).
 pub struct HashObserver {
     hasher: Hasher,
-    expected: Vec<(String, String)>,
+    /// (hex, origin, check name).
+    expected: Vec<(String, String, String)>,
     signature: Option<SignatureVerifier>,
 }
 
@@ -35,8 +36,18 @@ impl HashObserver {
 
     /// Also require the digest to equal `hex` (`origin` says where the value came from).
     pub fn expect(&mut self, hex: &str, origin: &str) {
-        self.expected
-            .push((hex.trim().to_ascii_lowercase(), origin.to_string()));
+        let check = format!("digest.{}", self.hasher.algorithm());
+        self.expect_as(hex, origin, &check);
+    }
+
+    /// [`Self::expect`] under another check name (a cache hit's sidecar pin is
+    /// `cache.sidecar_digest`: the entry's integrity, not a verification of the image).
+    pub fn expect_as(&mut self, hex: &str, origin: &str, check: &str) {
+        self.expected.push((
+            hex.trim().to_ascii_lowercase(),
+            origin.to_string(),
+            check.to_string(),
+        ));
     }
 
     /// Also verify the image signature over this digest.
@@ -63,16 +74,16 @@ impl Observer for HashObserver {
             algorithm: algo.name().into(),
             hex: hex.clone(),
         }];
-        for (want, origin) in &self.expected {
+        for (want, origin, check) in &self.expected {
             if !hash::hex_eq(want, &digest) {
                 return Err(Error::check(
                     ErrorKind::DigestMismatch,
-                    format!("digest.{algo}"),
+                    check.clone(),
                     format!("{algo} of the image bytes is {hex}, but {origin} says {want}"),
                 ));
             }
             out.push(Finding::Passed {
-                check: format!("digest.{algo}"),
+                check: check.clone(),
             });
         }
         if let Some(v) = &self.signature {
@@ -99,6 +110,7 @@ pub struct SizeObserver {
     expected: u64,
     seen: u64,
     origin: String,
+    check: String,
 }
 
 impl SizeObserver {
@@ -108,7 +120,14 @@ impl SizeObserver {
             expected,
             seen: 0,
             origin: origin.to_string(),
+            check: "size".into(),
         }
+    }
+
+    /// Report under another check name (a cache hit's sidecar size is `cache.sidecar_size`).
+    pub fn with_check(mut self, check: &str) -> Self {
+        self.check = check.to_string();
+        self
     }
 }
 
@@ -122,7 +141,7 @@ impl Observer for SizeObserver {
         if self.seen > self.expected {
             return Err(Error::check(
                 ErrorKind::SizeMismatch,
-                "size",
+                self.check.clone(),
                 format!(
                     "the image is longer than the {} bytes {} says",
                     self.expected, self.origin
@@ -136,16 +155,14 @@ impl Observer for SizeObserver {
         if total != self.expected {
             return Err(Error::check(
                 ErrorKind::SizeMismatch,
-                "size",
+                self.check.clone(),
                 format!(
                     "the image has {total} bytes, but {} says {}",
                     self.origin, self.expected
                 ),
             ));
         }
-        Ok(vec![Finding::Passed {
-            check: "size".into(),
-        }])
+        Ok(vec![Finding::Passed { check: self.check }])
     }
 }
 
