@@ -1,28 +1,71 @@
 #!/usr/bin/env python3
 """Static HTTP server for imgpipe's tests (Python stdlib only), with fault injection.
 
-A real HTTP/1.1 server (http.server) serving files from a directory, with Range support, plus
-faults a production server will not produce on demand (this is the fault-injection part):
-  --drop-after N   close the connection after N body bytes ...
-  --drops K        ... on the first K responses (default: every response)
+A real HTTP/1.1 server (http.server) serving files from a directory, with Range and If-Range
+support and the validators a production server sends (a strong ETag from the file's size and
+mtime, and Last-Modified), plus faults a production server will not produce on demand. The
+fault part is a hand-written fault injector, the one fake in imgpipe's tests: a real server
+cannot be made to cut, reset, stall or change an answer at a chosen byte.
+
+  --drop-after N   close the connection after N body bytes of a response ...
+  --drops K        ... on the first K responses (default: every response); also limits
+                   --fault to the first K responses
   --no-ranges      ignore Range headers (answer 200 with the whole file)
+  --no-validators  send neither ETag nor Last-Modified (and ignore If-Range)
   --redirect-to T  answer a GET of /r/REST with 302 and Location T + REST (T absolute, e.g.
                    another server's http://127.0.0.1:PORT/, or relative, e.g. /)
   --content-md5 F  send Content-MD5 of the whole file (also on 206, as Glance does) as F = hex
                    (Glance's form) or base64 (RFC 1864)
+  --fault MODE     one persistent fault (every response, or the first --drops K), at image
+                   offset --fault-at N (default 1 MiB):
+      short            Content-Length as usual, but the body stops at image offset N: a clean
+                       close (FIN) there (a truncated file behind a server)
+      reset            the same, but the connection is reset (RST) at offset N
+      stall            the body stops at offset N and the connection stays open, silent
+      etag-change      the first answer is cut at offset N; every later answer carries another
+                       ETag and Last-Modified and changed bytes (each byte XOR 0x5A), and a
+                       Range is served (206) whatever If-Range says (a cache serving a new
+                       version)
+      changed-restart  the first answer is cut at offset N; every later answer is a 200 with
+                       the whole changed file (same length, each byte XOR 0x5A): the image was
+                       replaced, and the Range was ignored
+      range-200        Range is ignored (200, whole file) and every answer stops at image
+                       offset N with a clean close
+      partial-to-plain a request without Range is answered 206 with the first half of the file
+                       and its Content-Range
+      endless          200 with a chunked body that never ends (file bytes, then zeros), sent at
+                       --endless-rate bytes/s
+      trickle          --trickle-bytes every --trickle-interval seconds: never silent long
+                       enough to stall, never done
 Prints "PORT <n>" on stdout once listening; counts requests in --log (one line each: path and
 Range header or -); --header-log FILE gets one JSON object per request: {"path", "headers"}.
 """
 import argparse
 import base64
+import email.utils
 import hashlib
 import http.server
 import json
 import os
 import re
+import select
+import socket
 import socketserver
-import sys
+import struct
 import threading
+import time
+
+FAULTS = [
+    "short",
+    "reset",
+    "stall",
+    "etag-change",
+    "changed-restart",
+    "range-200",
+    "partial-to-plain",
+    "endless",
+    "trickle",
+]
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--dir", required=True)
@@ -30,12 +73,20 @@ ap.add_argument("--port", type=int, default=0)
 ap.add_argument("--drop-after", type=int, default=None)
 ap.add_argument("--drops", type=int, default=None)
 ap.add_argument("--no-ranges", action="store_true")
+ap.add_argument("--no-validators", action="store_true")
 ap.add_argument("--log", default=None)
 ap.add_argument("--header-log", default=None)
 ap.add_argument("--redirect-to", default=None)
 ap.add_argument("--content-md5", choices=["hex", "base64"], default=None)
+ap.add_argument("--fault", choices=FAULTS, default=None)
+ap.add_argument("--fault-at", type=int, default=1 << 20)
+ap.add_argument("--trickle-bytes", type=int, default=256)
+ap.add_argument("--trickle-interval", type=float, default=0.05)
+ap.add_argument("--endless-rate", type=int, default=8 << 20)
 args = ap.parse_args()
 md5_cache = {}
+lock = threading.Lock()
+state = {"drops": 0, "responses": 0, "faults": 0}
 
 
 def file_md5(path):
@@ -48,8 +99,10 @@ def file_md5(path):
             md5_cache[path] = h.digest()
         return md5_cache[path]
 
-lock = threading.Lock()
-state = {"drops": 0}
+
+def changed(buf):
+    """The bytes of the image's second version: every byte XOR 0x5A (same length)."""
+    return bytes(b ^ 0x5A for b in buf)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -57,6 +110,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *a):
         pass
+
+    def cut(self, how):
+        """End the answer early: 'fin' (clean close), 'rst' (reset) or 'stall' (go silent)."""
+        try:
+            self.wfile.flush()
+        except OSError:
+            return
+        if how == "rst":
+            # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+            self.connection.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            self.connection.close()
+        elif how == "stall":
+            # Silent until the client gives up (or the server is killed).
+            try:
+                while True:
+                    readable, _, _ = select.select([self.connection], [], [], 0.5)
+                    if readable and not self.connection.recv(65536):
+                        break
+            except OSError:
+                pass
+        else:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        self.close_connection = True
 
     def do_GET(self):
         path = os.path.join(args.dir, os.path.basename(self.path.split("?")[0]))
@@ -78,11 +156,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        size = os.path.getsize(path)
+        with lock:
+            index = state["responses"]
+            state["responses"] += 1
+            fault = args.fault
+            if fault is not None and args.drops is not None:
+                if state["faults"] >= args.drops:
+                    fault = None
+                else:
+                    state["faults"] += 1
+        st = os.stat(path)
+        size = st.st_size
+        version = 2 if fault in ("etag-change", "changed-restart") and index > 0 else 1
+        etag = '"%x-%x-v%d"' % (st.st_mtime_ns, size, version)
+        last_modified = email.utils.formatdate(st.st_mtime + (version - 1) * 3600, usegmt=True)
+
+        if fault == "endless":
+            return self.endless(path)
+
         start = 0
+        end = size  # exclusive
         rng = self.headers.get("Range")
         m = re.match(r"bytes=(\d+)-$", rng or "")
-        if m and not args.no_ranges:
+        use_range = m is not None and not args.no_ranges
+        if fault in ("range-200", "changed-restart"):
+            use_range = False
+        if_range = self.headers.get("If-Range")
+        if (
+            use_range
+            and if_range is not None
+            and not args.no_validators
+            and fault != "etag-change"
+            and if_range not in (etag, last_modified)
+        ):
+            # RFC 9110: a failed If-Range means "send the whole current representation".
+            use_range = False
+        partial = False
+        if use_range:
             start = int(m.group(1))
             if start >= size:
                 self.send_response(416)
@@ -90,45 +200,90 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            partial = True
+        elif fault == "partial-to-plain" and rng is None:
+            end = max(1, size // 2)
+            partial = True
+        if partial:
             self.send_response(206)
-            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, size - 1, size))
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end - 1, size))
         else:
             self.send_response(200)
         self.send_header("Accept-Ranges", "none" if args.no_ranges else "bytes")
-        self.send_header("Content-Length", str(size - start))
+        self.send_header("Content-Length", str(end - start))
         self.send_header("Content-Type", "application/octet-stream")
+        if not args.no_validators:
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", last_modified)
         if args.content_md5 == "hex":
             self.send_header("Content-MD5", file_md5(path).hex())
         elif args.content_md5 == "base64":
             self.send_header("Content-MD5", base64.b64encode(file_md5(path)).decode())
         self.end_headers()
-        limit = None
+
+        # Where (as an image offset) this answer stops early, and how.
+        stop, how = None, None
+        if fault in ("short", "range-200"):
+            stop, how = args.fault_at, "fin"
+        elif fault == "reset":
+            stop, how = args.fault_at, "rst"
+        elif fault == "stall":
+            stop, how = args.fault_at, "stall"
+        elif fault in ("etag-change", "changed-restart") and index == 0:
+            stop, how = args.fault_at, "fin"
         if args.drop_after is not None:
             with lock:
                 if args.drops is None or state["drops"] < args.drops:
                     state["drops"] += 1
-                    limit = args.drop_after
-        sent = 0
+                    stop, how = start + args.drop_after, "fin"
+        pos = start
         with open(path, "rb") as f:
             f.seek(start)
-            while True:
-                want = 1 << 16
-                if limit is not None:
-                    want = min(want, limit - sent)
+            while pos < end:
+                want = min(1 << 16, end - pos)
+                if fault == "trickle":
+                    want = min(want, args.trickle_bytes)
+                if stop is not None:
+                    want = min(want, stop - pos)
                     if want <= 0:
-                        # Fault: cut the connection mid-body.
-                        self.wfile.flush()
-                        self.connection.shutdown(2)
-                        self.close_connection = True
-                        return
+                        return self.cut(how)
                 buf = f.read(want)
                 if not buf:
                     return
+                if version == 2:
+                    buf = changed(buf)
                 try:
                     self.wfile.write(buf)
+                    if fault == "trickle":
+                        self.wfile.flush()
+                        time.sleep(args.trickle_interval)
                 except (BrokenPipeError, ConnectionResetError):
                     return
-                sent += len(buf)
+                pos += len(buf)
+
+    def endless(self, path):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        if not args.no_validators:
+            self.send_header("ETag", '"endless"')
+        self.end_headers()
+        with open(path, "rb") as f:
+            head = f.read()
+        piece = 1 << 16
+        zeros = bytes(piece)
+        offset = 0
+        started = time.monotonic()
+        try:
+            while True:
+                buf = head[offset : offset + piece] if offset < len(head) else zeros
+                self.wfile.write(b"%x\r\n" % len(buf) + buf + b"\r\n")
+                offset += len(buf)
+                ahead = offset / args.endless_rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):

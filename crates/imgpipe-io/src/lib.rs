@@ -19,7 +19,7 @@ mod reader;
 
 pub use direct::{PositionalWriter, SequentialWriter};
 pub use file_sink::{FileSink, FileZeroes};
-pub use http::{HttpOptions, HttpSource};
+pub use http::{HttpOptions, HttpSource, RESERVED_HEADERS, is_reserved_header, redact_url};
 pub use reader::ReaderSource;
 
 /// Default chunk size of sources: large enough that per-chunk overhead is noise, small enough

@@ -1,15 +1,18 @@
-//! `HttpSource` against the project's real test HTTP server (`scripts/test-http-server.py`,
-//! Python's http.server with Range support and fault injection): credentials stay on the
-//! configured origin across redirects, resumes go through the redirect again, and the
-//! `Content-MD5` header is exposed in both the hex form Glance sends and RFC 1864 base64.
+//! `HttpSource` against the project's test HTTP server (`scripts/test-http-server.py`:
+//! Python's http.server with Range/If-Range, ETag and Last-Modified, plus a hand-written fault
+//! injector): credentials stay on the configured origin across redirects, resumes go through
+//! the redirect again, the `Content-MD5` header is exposed in both the hex form Glance sends
+//! and RFC 1864 base64; the retry budget is counted over the whole run (only new bytes are
+//! progress, reconnections capped, an overall deadline), resumes are conditional on the
+//! first answer's validator, and no secret of the URL reaches a message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use imgpipe_core::Source;
+use imgpipe_core::{ErrorKind, Source};
 use imgpipe_crypto::hash::{Algorithm, Hasher};
 use imgpipe_io::{HttpOptions, HttpSource};
 
@@ -254,4 +257,312 @@ async fn content_md5_hex_and_base64() {
     src.connect().await.unwrap();
     assert_eq!(src.content_md5(), None);
     assert_eq!(src.content_md5_hex(), None);
+}
+
+/// Options for the fault tests: few attempts, short stall timeout and backoff.
+fn fast(attempts: u32) -> HttpOptions {
+    HttpOptions {
+        attempts,
+        backoff: Duration::from_millis(20),
+        stall_timeout: Duration::from_millis(400),
+        ..Default::default()
+    }
+}
+
+/// Read to the end or the first error, bounded by `limit` (a hang fails the test).
+async fn drain(
+    src: &mut HttpSource,
+    limit: Duration,
+) -> (Result<Vec<u8>, imgpipe_core::Error>, Duration) {
+    let t = Instant::now();
+    let r = tokio::time::timeout(limit, async {
+        let mut out = Vec::new();
+        while let Some(b) = src.read().await? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the source did not give up within {limit:?}"));
+    (r, t.elapsed())
+}
+
+fn expect_give_up(r: Result<Vec<u8>, imgpipe_core::Error>, check: &str) -> imgpipe_core::Error {
+    let e = match r {
+        Ok(d) => panic!(
+            "expected {check}, but the download completed ({} bytes)",
+            d.len()
+        ),
+        Err(e) => e,
+    };
+    assert_eq!(e.kind(), ErrorKind::Network, "{e}");
+    assert_eq!(e.check_name(), Some(check), "{e}");
+    e
+}
+
+const MIB: usize = 1 << 20;
+
+/// The issue's loop: a server that ignores `Range` and cuts every answer at the same image
+/// offset. Restarts re-read the delivered bytes, which are not progress: the run gives up
+/// after `attempts` dropped connections (the old code reset the count on re-read bytes and
+/// never stopped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rereading_is_not_progress_when_range_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(3 * MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "r200", &["--fault", "range-200"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, took) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.attempts");
+    assert!(
+        e.message().contains("3 dropped connections in a row"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        srv.requests().len(),
+        3,
+        "one first request and two restarts"
+    );
+}
+
+/// A reset (RST) at the same offset on every answer: bounded by `attempts`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_mid_body_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(3 * MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "rst", &["--fault", "reset"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, took) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.attempts");
+    assert!(
+        e.message()
+            .contains(&format!("after {} of {}", MIB, 3 * MIB)),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:?}");
+    assert_eq!(reqs[1].1["range"], format!("bytes={MIB}-"));
+}
+
+/// A stall mid-body is a failure like a drop: `attempts` stalls, then the run ends (the old
+/// code looped every `stall_timeout` forever with `attempts >= 2`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_mid_body_is_a_bounded_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(2 * MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "stall", &["--fault", "stall"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, took) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.attempts");
+    assert!(e.message().contains("stalled"), "{e}");
+    // Three stalls of 400 ms and two short backoffs.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(srv.requests().len(), 3);
+}
+
+/// Progress on every answer still ends: at most 4 × attempts reconnections per run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnections_are_capped_for_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(2 * MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "cap", &["--drop-after", "100000"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(2)).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.reconnects");
+    assert!(e.message().contains("at most 8 = 4 × attempts"), "{e}");
+    assert_eq!(src.resumes(), 8);
+    assert_eq!(srv.requests().len(), 9);
+}
+
+/// A server trickling bytes faster than the stall timeout never stalls; the overall deadline
+/// ends the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_ends_a_trickle() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(MIB)).unwrap();
+    let Some(_srv) = Server::start(dir.path(), "trickle", &["--fault", "trickle"]) else {
+        return;
+    };
+    let mut o = fast(3);
+    o.deadline = Some(Duration::from_millis(1500));
+    let mut src = HttpSource::new(&format!("{}img.raw", _srv.base()), o).unwrap();
+    let (r, took) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.deadline");
+    assert!(e.message().contains("deadline of 1.5s"), "{e}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+}
+
+/// A resume carries `If-Range` with the first answer's ETag; an answer with another ETag is
+/// "the image changed", never spliced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_conditional_and_a_changed_etag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(2 * MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "etag", &["--fault", "etag-change"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.changed");
+    assert!(
+        e.message().contains("the image changed while downloading"),
+        "{e}"
+    );
+    assert!(
+        e.message().contains("-v1\\\"") && e.message().contains("-v2\\\""),
+        "{e}"
+    );
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    let if_range = reqs[1].1["if-range"].as_str().unwrap();
+    assert!(if_range.ends_with("-v1\""), "{if_range}");
+    assert_eq!(reqs[1].1["range"], format!("bytes={MIB}-"));
+}
+
+/// A `200` answer to a resume whose ETag differs (the image was replaced, same length) is
+/// refused, with validators; without any validator the drop itself is the failure unless the
+/// caller checks a digest, and then the spliced stream differs from the image (the digest's
+/// job, see the CLI fault suite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_restart_is_never_spliced_unchecked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(2 * MIB);
+    std::fs::write(dir.path().join("img.raw"), &data).unwrap();
+    let Some(srv) = Server::start(dir.path(), "chg", &["--fault", "changed-restart"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    expect_give_up(r, "http.changed");
+    drop(srv);
+
+    let Some(srv) = Server::start(
+        dir.path(),
+        "chg-none",
+        &["--fault", "changed-restart", "--no-validators"],
+    ) else {
+        return;
+    };
+    let url = format!("{}img.raw", srv.base());
+    let mut src = HttpSource::new(&url, fast(3)).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    let e = expect_give_up(r, "http.validator");
+    assert!(e.message().contains("not resuming"), "{e}");
+    assert_eq!(
+        srv.requests().len(),
+        1,
+        "no second request without a validator"
+    );
+    drop(srv);
+
+    let Some(srv) = Server::start(
+        dir.path(),
+        "chg-ok",
+        &["--fault", "changed-restart", "--no-validators"],
+    ) else {
+        return;
+    };
+    let mut o = fast(3);
+    o.resume_without_validator = true;
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), o).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    let got = r.unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got[..MIB] == data[..MIB] && got[MIB..] != data[MIB..]);
+}
+
+/// A restart under the same validator (a server without ranges) still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_the_same_validator_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = image(2 * MIB + 12345);
+    std::fs::write(dir.path().join("img.raw"), &data).unwrap();
+    let Some(srv) = Server::start(
+        dir.path(),
+        "same",
+        &["--no-ranges", "--drop-after", "1500000", "--drops", "1"],
+    ) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+    assert!(r.unwrap() == data);
+    assert_eq!(src.resumes(), 1);
+}
+
+/// A `206` answer to a request without `Range` is an error, never the whole image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_206_to_a_plain_request_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(MIB)).unwrap();
+    let Some(srv) = Server::start(dir.path(), "p206", &["--fault", "partial-to-plain"]) else {
+        return;
+    };
+    let mut src = HttpSource::new(&format!("{}img.raw", srv.base()), fast(3)).unwrap();
+    let e = src.connect().await.unwrap_err();
+    assert_eq!(e.check_name(), Some("http.partial"), "{e}");
+    assert!(e.message().contains("bytes 0-524287/1048576"), "{e}");
+}
+
+/// No user info, query or header value in any message: a refused connection (reqwest's own
+/// error text carries the URL), a bad status, a give-up; `describe()` renders the redaction
+/// as plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("img.raw"), image(2 * MIB)).unwrap();
+    let secret_opts = || HttpOptions {
+        headers: vec![("X-Auth-Token".into(), "s3cret-token".into())],
+        ..fast(2)
+    };
+    let check = |text: &str| {
+        for s in ["s3cret", "u:", "sig="] {
+            assert!(!text.contains(s), "{s:?} leaked: {text}");
+        }
+    };
+    // Nothing listens on port 1.
+    let url = "http://u:s3cret-pw@127.0.0.1:1/img.raw?sig=s3cret-sig";
+    let mut src = HttpSource::new(url, secret_opts()).unwrap();
+    assert_eq!(src.describe(), "http://127.0.0.1:1/img.raw?[redacted]");
+    let e = src.connect().await.unwrap_err();
+    assert!(
+        e.message().contains("127.0.0.1:1/img.raw?[redacted]"),
+        "{e}"
+    );
+    check(&format!("{e} {e:?}"));
+
+    let Some(srv) = Server::start(dir.path(), "sec", &["--fault", "stall"]) else {
+        return;
+    };
+    let base = srv.base().replace("http://", "http://u:s3cret-pw@");
+    for path in ["missing.raw", "img.raw"] {
+        let mut src = HttpSource::new(
+            &format!("{base}{path}?sig=s3cret-sig#s3cret"),
+            secret_opts(),
+        )
+        .unwrap();
+        let (r, _) = drain(&mut src, Duration::from_secs(30)).await;
+        let e = r.unwrap_err();
+        check(&format!("{e} {e:?}"));
+        assert!(e.message().contains("?[redacted]"), "{e}");
+    }
+    // The server did get the credentials (they are used, just never shown).
+    assert!(
+        srv.requests()
+            .iter()
+            .all(|(_, h)| h["x-auth-token"] == "s3cret-token")
+    );
 }

@@ -132,10 +132,12 @@ pub struct KeystoneSpec {
 pub struct RetrySpec {
     /// Attempts per request (connect errors, 5xx, dropped connections), at least 1.
     pub attempts: u32,
-    /// A transfer that delivers no byte for this long is treated as dropped.
+    /// A transfer that delivers no byte for this long is treated as dropped (not zero).
     pub stall_timeout: Duration,
     /// First backoff delay; doubles each retry up to 10 s.
     pub backoff: Duration,
+    /// Overall limit on the whole download, retries included (`None`: none; not zero).
+    pub deadline: Option<Duration>,
 }
 
 impl Default for RetrySpec {
@@ -144,6 +146,7 @@ impl Default for RetrySpec {
             attempts: 5,
             stall_timeout: Duration::from_secs(60),
             backoff: Duration::from_millis(200),
+            deadline: None,
         }
     }
 }
@@ -453,6 +456,81 @@ impl Spec {
     }
 }
 
+/// Request headers a spec may not set (compared without case): imgpipe sets them itself
+/// (`Host` from the URL, `Range` and `If-Range` for resumes), they frame the message
+/// (`Content-Length`, `Transfer-Encoding`, `Expect`), they are hop-by-hop (`Connection`,
+/// `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `TE`, `Trailer`, `Upgrade`), they
+/// would make the server send other bytes than the image's (`Accept-Encoding`), or they make
+/// the request conditional in ways the resume rules do not expect (`If-Match`,
+/// `If-None-Match`, `If-Modified-Since`, `If-Unmodified-Since`). The HTTP source refuses the
+/// same list (`imgpipe_io::RESERVED_HEADERS`) for callers that build options in Rust.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "expect",
+    "range",
+    "if-range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "accept-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// `source.headers`: names are HTTP tokens and not reserved; values are visible ASCII, spaces
+/// and tabs (no CR, LF or NUL: they would split the request). Values are never shown.
+fn check_headers(t: &Table<'_>, headers: &[(String, String)], p: &mut Problems) {
+    let (path, line) = (t.path("headers"), t.line_of("headers"));
+    for (name, value) in headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            p.add(
+                &path,
+                line,
+                format!(
+                    "header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
+                ),
+            );
+        } else if RESERVED_HEADERS
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name))
+        {
+            p.add(
+                &path,
+                line,
+                format!(
+                    "header {name:?} may not be set: imgpipe sets or forbids it (reserved: {})",
+                    RESERVED_HEADERS.join(", ")
+                ),
+            );
+        }
+        if !value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        {
+            p.add(
+                &path,
+                line,
+                format!(
+                    "the value of header {name:?} contains a control or non-ASCII character \
+                     (allowed: visible ASCII, spaces and tabs; the value is not shown)"
+                ),
+            );
+        }
+    }
+}
+
 struct Reader<'a> {
     base: &'a Path,
     p: &'a mut Problems,
@@ -557,6 +635,9 @@ impl Reader<'_> {
                 format!("exactly one of path, url or [source.glance] is needed, found {count}"),
             );
         }
+        if let Some(h) = &headers {
+            check_headers(&t, h, p);
+        }
         if headers.is_some() && url.is_none() {
             p.add(
                 &t.path("headers"),
@@ -571,7 +652,11 @@ impl Reader<'_> {
                 self.p.add(
                     &t.path("url"),
                     t.line_of("url"),
-                    format!("url must start with http:// or https://, found {u:?}"),
+                    format!(
+                        "url must start with http:// or https://, found {:?} (the rest of the \
+                         url is not shown)",
+                        u.split_once(':').map_or("", |(scheme, _)| scheme)
+                    ),
                 );
             }
             Some(SourceSpec::Http {
@@ -606,12 +691,31 @@ impl Reader<'_> {
             }
         }
         if let Some(d) = t.duration("stall_timeout", p) {
-            r.stall_timeout = d;
+            if d.is_zero() {
+                p.add(
+                    &t.path("stall_timeout"),
+                    t.line_of("stall_timeout"),
+                    "stall_timeout must be more than zero (every request would time out at once), found 0",
+                );
+            } else {
+                r.stall_timeout = d;
+            }
         }
         if let Some(d) = t.duration("backoff", p) {
             r.backoff = d;
         }
-        t.finish(p, &["attempts", "stall_timeout", "backoff"]);
+        if let Some(d) = t.duration("deadline", p) {
+            if d.is_zero() {
+                p.add(
+                    &t.path("deadline"),
+                    t.line_of("deadline"),
+                    "deadline must be more than zero (leave it out for no overall limit), found 0",
+                );
+            } else {
+                r.deadline = Some(d);
+            }
+        }
+        t.finish(p, &["attempts", "stall_timeout", "backoff", "deadline"]);
         r
     }
 
@@ -1196,5 +1300,116 @@ path = "disk.raw"
             all.contains("exactly one of key_file or key_hex_file"),
             "{all}"
         );
+    }
+    #[test]
+    fn retry_timeouts_must_be_positive_and_deadline_parses() {
+        let e = Spec::from_toml(
+            "[source]\nurl = \"http://h/x\"\n[source.retry]\nstall_timeout = \"0ms\"\ndeadline = \"0s\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        assert!(
+            all.contains(
+                "line 4: source.retry.stall_timeout: stall_timeout must be more than zero"
+            ),
+            "{all}"
+        );
+        assert!(
+            all.contains("line 5: source.retry.deadline: deadline must be more than zero"),
+            "{all}"
+        );
+        assert_eq!(e.problems.len(), 2, "{all}");
+        let s = Spec::from_toml(
+            "[source]\nurl = \"http://h/x\"\n[source.retry]\nstall_timeout = \"300ms\"\ndeadline = \"2m\"\n",
+            base(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.retry.stall_timeout, Duration::from_millis(300));
+        assert_eq!(s.retry.deadline, Some(Duration::from_secs(120)));
+        assert_eq!(RetrySpec::default().deadline, None);
+    }
+
+    #[test]
+    fn a_nul_byte_in_any_path_is_a_problem() {
+        let e = Spec::from_toml(
+            "[source]\npath = \"img\\u0000.raw\"\n[verify.signature]\nsignature = \"s\"\nhash_method = \"SHA-256\"\nkey_type = \"RSA-PSS\"\ncertificate = \"c.pem\"\ntrusted_certificates = [\"ok.pem\", \"ca\\u0000\"]\n[sink]\npath = \"disk\\u0000.raw\"\n[cache]\ndir = \"/var/cache/\\u0000x\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        for (line, key) in [
+            (2, "source.path"),
+            (8, "verify.signature.trusted_certificates[1]"),
+            (10, "sink.path"),
+            (12, "cache.dir"),
+        ] {
+            assert!(
+                all.contains(&format!("line {line}: {key}: contains a NUL byte")),
+                "{key}: {all}"
+            );
+        }
+        assert_eq!(
+            e.problems.len(),
+            4,
+            "one problem per NUL, nothing else: {all}"
+        );
+        let e = Spec::from_json(
+            r#"{"source": {"path": "a"}, "sink": {"device": "/dev/loop0\u0000"}}"#,
+            base(),
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].path, "sink.device", "{e}");
+    }
+
+    #[test]
+    fn reserved_and_malformed_headers_are_refused_without_showing_values() {
+        let e = Spec::from_toml(
+            "[source]\nurl = \"http://h/x\"\n[source.headers]\nhOsT = \"evil.example\"\nX-Auth-Token = \"ok\"\nContent-Length = \"1\"\nTransfer-Encoding = \"chunked\"\nRange = \"bytes=5-\"\nIF-RANGE = \"x\"\nConnection = \"close\"\n\"Bad Name\" = \"v\"\nX-Token = \"s3cret\\r\\nInjected: 1\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        for name in [
+            "hOsT",
+            "Content-Length",
+            "Transfer-Encoding",
+            "Range",
+            "IF-RANGE",
+            "Connection",
+        ] {
+            assert!(
+                all.contains(&format!("header {name:?} may not be set")),
+                "{name}: {all}"
+            );
+        }
+        assert!(all.contains("\"Bad Name\" is not an HTTP token"), "{all}");
+        assert!(
+            all.contains("header \"X-Token\" contains a control"),
+            "{all}"
+        );
+        assert!(!all.contains("s3cret"), "a header value was shown: {all}");
+        assert!(
+            !all.contains("evil.example"),
+            "a header value was shown: {all}"
+        );
+        assert_eq!(e.problems.len(), 8, "{all}");
+        assert!(
+            RESERVED_HEADERS
+                .iter()
+                .all(|h| *h == h.to_ascii_lowercase())
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_not_echoed() {
+        let e = Spec::from_toml(
+            "[source]\nurl = \"ftp://u:s3cret-pw@h/x?sig=s3cret-sig\"\n",
+            base(),
+        )
+        .unwrap_err();
+        let all = e.to_string();
+        assert!(all.contains("found \"ftp\""), "{all}");
+        assert!(!all.contains("s3cret"), "{all}");
     }
 }

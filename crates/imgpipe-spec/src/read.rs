@@ -86,7 +86,7 @@ impl<'a> Table<'a> {
         let path = self.path(key);
         let n = self.get(key)?;
         match &n.val {
-            Val::Str(s) => Some(s.clone()),
+            Val::Str(s) => no_nul(&path, n.line, s, p),
             other => {
                 p.add(
                     &path,
@@ -200,7 +200,11 @@ impl<'a> Table<'a> {
                 let mut out = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     match &it.val {
-                        Val::Str(s) => out.push(s.clone()),
+                        Val::Str(s) => {
+                            if let Some(s) = no_nul(&format!("{path}[{i}]"), it.line, s, p) {
+                                out.push(s);
+                            }
+                        }
                         other => p.add(
                             &format!("{path}[{i}]"),
                             it.line,
@@ -227,6 +231,15 @@ impl<'a> Table<'a> {
         let mut out = Vec::new();
         let keys: Vec<String> = t.entries.iter().map(|(k, _, _)| k.clone()).collect();
         for k in keys {
+            if k.contains('\0') {
+                p.add(
+                    &t.path(&k.replace('\0', "\\0")),
+                    t.line_of(&k),
+                    "the key contains a NUL byte, which no spec string may contain",
+                );
+                t.get(&k);
+                continue;
+            }
             if let Some(v) = t.string(&k, p) {
                 out.push((k, v));
             }
@@ -246,6 +259,23 @@ impl<'a> Table<'a> {
             }
         }
     }
+}
+
+/// A string value; one containing a NUL byte is a problem (no path, name or URL may contain
+/// one: a path with one cannot be opened, and C APIs would drop the part after it). The
+/// value is still returned so that the key does not also count as missing.
+fn no_nul(path: &str, line: usize, s: &str, p: &mut Problems) -> Option<String> {
+    if let Some(at) = s.find('\0') {
+        p.add(
+            path,
+            line,
+            format!(
+                "contains a NUL byte at character {}, which no spec string may contain",
+                s[..at].chars().count()
+            ),
+        );
+    }
+    Some(s.to_string())
 }
 
 /// Parse a byte size: "4096", "512K", "20GiB", "1.5G" (K/M/G/T and KiB/MiB/GiB/TiB are binary,
