@@ -118,6 +118,7 @@ impl SignatureRecord {
             trusted_sha256: s
                 .trusted_certificates
                 .iter()
+                .flatten()
                 .flat_map(|p| der_fingerprints(p))
                 .collect(),
         }

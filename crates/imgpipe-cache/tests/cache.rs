@@ -392,7 +392,7 @@ fn every_hit_enforces_the_requests_trusted_certificates() {
         hash_method: "SHA-256".into(),
         key_type: "RSA-PSS".into(),
         certificate: Some(leaf.clone()),
-        trusted_certificates: vec![ca.clone()],
+        trusted_certificates: Some(vec![ca.clone()]),
         ..Default::default()
     };
     let cache = Cache::open(&cache_spec(&d.join("c"))).unwrap();
@@ -419,7 +419,7 @@ fn every_hit_enforces_the_requests_trusted_certificates() {
             .signature
             .as_mut()
             .unwrap()
-            .trusted_certificates = vec![other_ca.clone()];
+            .trusted_certificates = Some(vec![other_ca.clone()]);
         let r = run_cached(Some(&cache), &other).await;
         assert!(r.is_hit());
         assert_eq!(
@@ -433,7 +433,7 @@ fn every_hit_enforces_the_requests_trusted_certificates() {
 
         // An empty trusted list trusts nothing.
         let mut none = spec.clone();
-        none.verify.signature.as_mut().unwrap().trusted_certificates = vec![d.join("empty")];
+        none.verify.signature.as_mut().unwrap().trusted_certificates = Some(vec![d.join("empty")]);
         std::fs::create_dir(d.join("empty")).unwrap();
         let r = run_cached(Some(&cache), &none).await;
         assert_eq!(r.kind(), Some(ErrorKind::Certificate));

@@ -8,7 +8,7 @@ use imgpipe::format::inspect::Verdict;
 use imgpipe::{InspectObserver, Progress, Spec};
 
 fn usage(msg: String) -> i32 {
-    eprintln!("imgpipe inspect: {msg}");
+    errln!("imgpipe inspect: {msg}");
     2
 }
 
@@ -46,7 +46,7 @@ pub async fn run(
     let source = match imgpipe::open_source(&spec).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("imgpipe inspect: {e}");
+            errln!("imgpipe inspect: {e}");
             return 1;
         }
     };
@@ -61,12 +61,12 @@ pub async fn run(
     .run(Arc::new(Progress::default()))
     .await;
     if let Err(e) = outcome.result {
-        eprintln!("imgpipe inspect: {e}");
+        errln!("imgpipe inspect: {e}");
         return 1;
     }
     let verdict: Option<Verdict> = slot.lock().ok().and_then(|mut g| g.take());
     let Some(v) = verdict else {
-        eprintln!("imgpipe inspect: the inspector gave no verdict");
+        errln!("imgpipe inspect: the inspector gave no verdict");
         return 1;
     };
     if json {
@@ -82,19 +82,19 @@ pub async fn run(
             "bytes_examined": v.bytes_examined,
             "partition_table": v.partition_table.map(|p| format!("{p:?}").to_ascii_lowercase()),
         });
-        println!("{obj:#}");
+        outln!("{obj:#}");
     } else {
         let sub = v.subformat.map(|s| format!(" ({s})")).unwrap_or_default();
         let vs = v
             .virtual_size
             .map(|s| format!(", virtual size {s} bytes"))
             .unwrap_or_default();
-        println!("{}: {}{sub}{vs}", input, v.format);
+        outln!("{}: {}{sub}{vs}", input, v.format);
         if v.is_safe() {
-            println!("safe: yes (decided after {} bytes)", v.bytes_examined);
+            outln!("safe: yes (decided after {} bytes)", v.bytes_examined);
         }
         for x in &v.violations {
-            println!("REJECTED {}: {}", x.check, x.message);
+            outln!("REJECTED {}: {}", x.check, x.message);
         }
     }
     if v.is_safe() { 0 } else { 3 }

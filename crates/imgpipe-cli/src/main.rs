@@ -10,6 +10,23 @@ use imgpipe::hash::Algorithm;
 use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
 use imgpipe::{Progress, RunReport, Spec, Status};
 
+/// `println!` that never panics: a closed stdout (`imgpipe run --json | head -1`) loses the
+/// output, not the run's outcome or its exit status.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that never panics on a closed stderr.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 mod cache_cmd;
 mod demo;
 mod inspect;
@@ -142,7 +159,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("imgpipe: cannot start the runtime: {e}");
+            errln!("imgpipe: cannot start the runtime: {e}");
             std::process::exit(1);
         }
     };
@@ -152,13 +169,13 @@ fn main() {
                 Ok(s) => execute(&s, json, progress).await,
                 Err(e) => {
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({"status": "error", "kind": "spec", "reason": e.to_string(),
                                 "problems": e.problems.iter().map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message})).collect::<Vec<_>>()})
                         );
                     }
-                    eprintln!("imgpipe: {e}");
+                    errln!("imgpipe: {e}");
                     2
                 }
             },
@@ -176,7 +193,7 @@ fn main() {
                     execute(&s, json, ProgressMode::Auto).await
                 }
                 Err(e) => {
-                    eprintln!("imgpipe: {e}");
+                    errln!("imgpipe: {e}");
                     2
                 }
             },
@@ -187,7 +204,7 @@ fn main() {
                     match a.parse::<Algorithm>() {
                         Ok(a) => spec.verify.report.push(a),
                         Err(e) => {
-                            eprintln!("imgpipe: {e}");
+                            errln!("imgpipe: {e}");
                             return 2;
                         }
                     }
@@ -197,29 +214,29 @@ fn main() {
                     print_json(&report);
                 } else if report.status == Status::Ok {
                     for (a, h) in &report.hashes {
-                        println!("{a}  {h}  {input}");
+                        outln!("{a}  {h}  {input}");
                     }
                 } else {
-                    eprintln!("imgpipe: {}", report.reason.as_deref().unwrap_or("failed"));
+                    errln!("imgpipe: {}", report.reason.as_deref().unwrap_or("failed"));
                 }
-                report.exit_code()
+                exit_code(&report)
             }
             Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {
                     if !json {
-                        eprintln!("imgpipe demo: spec {}", spec_path.display());
+                        errln!("imgpipe demo: spec {}", spec_path.display());
                     }
                     match Spec::load(&spec_path) {
                         Ok(s) => execute(&s, json, ProgressMode::Auto).await,
                         Err(e) => {
-                            eprintln!("imgpipe: {e}");
+                            errln!("imgpipe: {e}");
                             2
                         }
                     }
                 }
                 Err(e) => {
-                    eprintln!("imgpipe demo: {e:#}");
+                    errln!("imgpipe demo: {e:#}");
                     1
                 }
             },
@@ -230,8 +247,8 @@ fn main() {
 
 fn print_json(report: &RunReport) {
     match serde_json::to_string_pretty(report) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("imgpipe: cannot serialise the report: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("imgpipe: cannot serialise the report: {e}"),
     }
 }
 
@@ -242,7 +259,7 @@ async fn execute(spec: &Spec, json: bool, progress: ProgressMode) -> i32 {
     } else {
         print_text(&report);
     }
-    report.exit_code()
+    exit_code(&report)
 }
 
 async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunReport {
@@ -253,13 +270,7 @@ async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunRe
         ProgressMode::Auto => std::io::stderr().is_terminal(),
     };
     let _ = json;
-    let pr = progress.clone();
-    let ctrlc = tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("imgpipe: interrupted; aborting (nothing will be published)");
-            pr.cancel();
-        }
-    });
+    let signals = spawn_signal_watch(progress.clone());
     let bar_task = show.then(|| {
         let pr = progress.clone();
         tokio::spawn(async move {
@@ -280,13 +291,68 @@ async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunRe
             }
         })
     });
-    let report = imgpipe::run(spec, progress).await;
-    ctrlc.abort();
+    let mut report = imgpipe::run(spec, progress).await;
+    signals.abort();
+    if let Some((_, name)) = *CAUGHT.lock().unwrap_or_else(|e| e.into_inner())
+        && report.status != Status::Ok
+        && let Some(r) = report.reason.as_mut()
+    {
+        r.push_str(&format!(" ({name})"));
+    }
     if let Some(b) = bar_task {
         b.abort();
-        eprint!("\r\x1b[2K");
+        {
+            use std::io::Write as _;
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+        }
     }
     report
+}
+
+/// SIGINT, SIGTERM (systemd, Nova) and SIGHUP (a closed terminal) cancel the run the same
+/// way: every stage stops, the sink is aborted, nothing is published, and the process exits
+/// with 128 + the signal number once the cleanup is done. A second signal while the abort runs
+/// is noted, not obeyed: the cleanup finishes first.
+fn spawn_signal_watch(progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            errln!("imgpipe: cannot watch for signals; SIGINT/SIGTERM/SIGHUP would not clean up");
+            return;
+        };
+        loop {
+            let (n, name) = tokio::select! {
+                _ = int.recv() => (2, "SIGINT"),
+                _ = term.recv() => (15, "SIGTERM"),
+                _ = hup.recv() => (1, "SIGHUP"),
+            };
+            let mut caught = CAUGHT.lock().unwrap_or_else(|e| e.into_inner());
+            if caught.is_none() {
+                *caught = Some((n, name));
+                errln!("imgpipe: {name} received; aborting (nothing will be published)");
+                progress.cancel();
+            } else {
+                errln!("imgpipe: {name} received; still cleaning up");
+            }
+        }
+    })
+}
+
+/// The signal that cancelled the run, if one did: (number, name).
+static CAUGHT: std::sync::Mutex<Option<(i32, &'static str)>> = std::sync::Mutex::new(None);
+
+/// The process exit status for a report: the report's own, or 128 + the signal number when a
+/// signal cancelled the run (a run that had already passed every check when the signal came
+/// keeps its success).
+fn exit_code(report: &RunReport) -> i32 {
+    match *CAUGHT.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some((n, _)) if report.status != Status::Ok => 128 + n,
+        _ => report.exit_code(),
+    }
 }
 
 fn print_text(r: &RunReport) {
@@ -295,34 +361,35 @@ fn print_text(r: &RunReport) {
         Status::Rejected => "REJECTED",
         Status::Error => "ERROR",
     };
-    eprintln!("status:   {status}");
+    errln!("status:   {status}");
     if let Some(reason) = &r.reason {
-        eprintln!("reason:   {reason}");
+        errln!("reason:   {reason}");
         if r.status != Status::Ok {
-            eprintln!("          nothing was published");
+            errln!("          nothing was published");
         }
     }
-    eprintln!("source:   {} ({} bytes read)", r.source, r.bytes_read);
+    errln!("source:   {} ({} bytes read)", r.source, r.bytes_read);
     if let Some(f) = &r.format {
         let vs = r
             .virtual_size
             .map(|v| format!(", virtual size {v} bytes"))
             .unwrap_or_default();
-        eprintln!("format:   {f}{vs}");
+        errln!("format:   {f}{vs}");
     }
     for (a, h) in &r.hashes {
-        eprintln!("{a:<9} {h}");
+        errln!("{a:<9} {h}");
     }
     for p in &r.passed {
-        eprintln!("passed:   {p}");
+        errln!("passed:   {p}");
     }
     for w in &r.warnings {
-        eprintln!("WARNING:  {w}");
+        errln!("WARNING:  {w}");
     }
     if let Some(s) = &r.sink {
-        eprintln!(
+        errln!(
             "sink:     {s} ({} bytes written, {} bytes of zeros left as holes)",
-            r.bytes_written, r.zero_bytes_skipped
+            r.bytes_written,
+            r.zero_bytes_skipped
         );
     }
     let rate = if r.seconds > 0.0 {
@@ -330,9 +397,9 @@ fn print_text(r: &RunReport) {
     } else {
         0.0
     };
-    eprintln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
+    errln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
     for st in &r.stages {
-        eprintln!(
+        errln!(
             "  stage {:<40} {:>12} bytes {:>9.0} MB/s busy {:.2} s ({:>3.0}% of the run)",
             st.name,
             st.bytes,
@@ -342,7 +409,7 @@ fn print_text(r: &RunReport) {
         );
     }
     if let Some(l) = &r.limiting_stage {
-        eprintln!("limited by: {l}");
+        errln!("limited by: {l}");
     }
 }
 

@@ -430,8 +430,19 @@ impl Pipeline {
                     source_stats.bytes = offset;
                     progress.bytes_read.store(offset, Ordering::Relaxed);
                     for tx in &senders {
-                        // A closed channel means that consumer failed and recorded why.
-                        let _ = tx.send(chunk.clone()).await;
+                        // A closed channel means that consumer failed and recorded why. A
+                        // consumer that cannot keep up (a hung device) does not delay a cancel.
+                        tokio::select! {
+                            _ = tx.send(chunk.clone()) => {}
+                            _ = cancel.wait_for(|c| *c) => {
+                                shared.failures.record(
+                                    Error::new(ErrorKind::Cancelled, "the run was cancelled")
+                                        .with_stage("source")
+                                        .with_offset(offset),
+                                );
+                                break;
+                            }
+                        }
                     }
                 }
                 Ok(None) => {

@@ -1,6 +1,15 @@
-//! Atomic file sink: `NAME.part` → fsync → rename → fsync directory.
+//! Atomic file sink: an unnamed temporary file beside the target → fsync → link under a unique
+//! name → rename over the target → fsync directory.
+//!
+//! The temporary file belongs to this run alone. Where the filesystem supports it, it is an
+//! `O_TMPFILE` (no name at all until publish, so a killed run leaves nothing behind); elsewhere
+//! (NFS, FUSE) it is `NAME.imgpipe-<random>.part`, created with `O_CREAT|O_EXCL|O_NOFOLLOW`.
+//! Either way a planted symlink or an existing file is never opened, and two runs on one
+//! target never share an inode: each publishes only the bytes it wrote itself.
 
+use std::ffi::CString;
 use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -17,20 +26,34 @@ const WRITE_BEHIND: u64 = 32 << 20;
 const ZERO_BUF: usize = 1 << 20;
 /// Alignment of O_DIRECT buffers, offsets and lengths.
 const DIO_ALIGN: u64 = ALIGN as u64;
+/// Unique names tried before giving up (each collision is another run's live file).
+const NAME_TRIES: u32 = 16;
 
 /// How the file sink treats zero runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileZeroes {
-    /// Leave holes (the `.part` file is new, so holes read as zeros).
+    /// Leave holes (the temporary file is new, so holes read as zeros).
     Skip,
     /// Write zeros explicitly (fully allocated output).
     Write,
 }
 
+/// The run's temporary file.
+enum Temp {
+    /// Nothing created yet.
+    None,
+    /// An `O_TMPFILE`: no directory entry until [`link_unique`] gives it one at publish.
+    Anonymous,
+    /// A uniquely named file this run created with `O_EXCL|O_NOFOLLOW`.
+    Named(PathBuf),
+}
+
 /// Writes a disk image to a new file published atomically at `target`.
 pub struct FileSink {
     target: PathBuf,
-    part: PathBuf,
+    dir: PathBuf,
+    name: std::ffi::OsString,
+    temp: Temp,
     file: Option<Arc<File>>,
     /// The same file opened with O_DIRECT, when the filesystem supports it.
     direct: Option<Arc<File>>,
@@ -40,6 +63,77 @@ pub struct FileSink {
     report: SinkReport,
     flushed_to: u64,
     written_since_flush: u64,
+}
+
+/// A random name beside the target: `NAME.imgpipe-<16 hex>.part`.
+fn unique_name(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    let mut r = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut r).is_err() {
+        // Not secret, only unique: fall back to the clock and the pid.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        r = (t ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    let mut n = name.to_os_string();
+    n.push(format!(".imgpipe-{}.part", hex_of(&r)));
+    n
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Create a new, uniquely named file in `dir` (never following or reusing anything there).
+fn create_named(dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<(File, PathBuf)> {
+    let mut last = None;
+    for _ in 0..NAME_TRIES {
+        let path = dir.join(unique_name(name));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o666)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => return Ok((f, path)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no unique name found")))
+}
+
+/// Give the `O_TMPFILE` behind `file` a unique name in `dir` (`linkat` through `/proc`).
+fn link_unique(file: &File, dir: &Path, name: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(std::io::Error::other)?;
+    let mut last = None;
+    for _ in 0..NAME_TRIES {
+        let path = dir.join(unique_name(name));
+        let to = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: both arguments are valid NUL-terminated strings that outlive the call;
+        // linkat only reads them. The fd named by `from` stays open because `file` is borrowed.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if rc == 0 {
+            return Ok(path);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(e);
+        }
+        last = Some(e);
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no unique name found")))
 }
 
 impl FileSink {
@@ -60,12 +154,16 @@ impl FileSink {
                 ),
             ));
         }
-        let mut part_name = name.to_os_string();
-        part_name.push(".part");
-        let part = target.with_file_name(part_name);
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         Ok(FileSink {
             target: target.to_path_buf(),
-            part,
+            dir,
+            name: name.to_os_string(),
+            temp: Temp::None,
             file: None,
             direct: None,
             staging: None,
@@ -84,36 +182,82 @@ impl FileSink {
         })
     }
 
-    /// The temporary path written before publishing.
-    pub fn part_path(&self) -> &Path {
-        &self.part
+    /// The temporary file's name, while it has one (`None` before the first write and for an
+    /// unnamed `O_TMPFILE`).
+    pub fn temp_path(&self) -> Option<&Path> {
+        match &self.temp {
+            Temp::Named(p) => Some(p),
+            Temp::None | Temp::Anonymous => None,
+        }
+    }
+
+    /// What messages call the temporary file.
+    fn temp_shown(&self) -> String {
+        match &self.temp {
+            Temp::Named(p) => p.display().to_string(),
+            Temp::None | Temp::Anonymous => {
+                format!("the temporary file for {}", self.target.display())
+            }
+        }
     }
 
     fn open(&mut self) -> Result<Arc<File>> {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        // A leftover .part from a crashed run is ours to replace.
-        let f = OpenOptions::new()
+        let anon = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&self.part)
-            .map_err(|e| Error::io(format!("cannot create {}", self.part.display()), e))?;
+            .mode(0o666)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(&self.dir);
+        let f = match anon {
+            Ok(f) => {
+                self.temp = Temp::Anonymous;
+                f
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(Error::io(
+                    format!("cannot create a file in {}", self.dir.display()),
+                    e,
+                ));
+            }
+            Err(_) => {
+                let (f, p) = create_named(&self.dir, &self.name).map_err(|e| {
+                    Error::io(format!("cannot create a file in {}", self.dir.display()), e)
+                })?;
+                self.temp = Temp::Named(p);
+                f
+            }
+        };
         let f = Arc::new(f);
         self.file = Some(f.clone());
         // O_DIRECT keeps gigabytes of dirty pages (and a long final fsync) out of the picture;
-        // filesystems without it (tmpfs) fall back to buffered writes with write-behind.
+        // filesystems without it (tmpfs) fall back to buffered writes with write-behind. The
+        // second descriptor is opened through /proc, so it is this run's inode whatever now
+        // stands at any path.
         self.direct = OpenOptions::new()
             .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&self.part)
+            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            .open(format!("/proc/self/fd/{}", f.as_raw_fd()))
             .ok()
             .map(Arc::new);
         if self.direct.is_some() {
             self.staging = Some(Staging::new());
         }
         Ok(f)
+    }
+
+    /// Remove the named temporary file, if any (an `O_TMPFILE` vanishes with its descriptors).
+    fn discard(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        self.direct = None;
+        match std::mem::replace(&mut self.temp, Temp::None) {
+            Temp::Named(p) => match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Temp::None | Temp::Anonymous => Ok(()),
+        }
     }
 
     /// Write the staged window: its aligned part with O_DIRECT, any unaligned tail buffered.
@@ -128,7 +272,7 @@ impl FileSink {
             self.staging = Some(stage);
             return Ok(());
         }
-        let part = self.part.display().to_string();
+        let part = self.temp_shown();
         let what = format!("writing {part} at byte {}", stage.off);
         let mut stage = Self::blocking(
             move || {
@@ -168,7 +312,7 @@ impl FileSink {
                     let head = data[pos..pos + n].to_vec();
                     Self::blocking(
                         move || file.write_all_at(&head, off),
-                        format!("writing {} at byte {off}", self.part.display()),
+                        format!("writing {} at byte {off}", self.temp_shown()),
                     )
                     .await?;
                     pos += n;
@@ -250,7 +394,7 @@ impl Sink for FileSink {
                 if self.direct.is_some() {
                     self.write_direct(offset, &data).await?;
                 } else {
-                    let part = self.part.display().to_string();
+                    let part = self.temp_shown();
                     Self::blocking(
                         move || file.write_all_at(&data, offset),
                         format!("writing {part} at byte {offset}"),
@@ -264,7 +408,7 @@ impl Sink for FileSink {
                 FileZeroes::Skip => self.report.zero_bytes_skipped += len,
                 FileZeroes::Write => {
                     self.flush_stage().await?;
-                    let part = self.part.display().to_string();
+                    let part = self.temp_shown();
                     Self::blocking(
                         move || {
                             let zeros = vec![0u8; ZERO_BUF.min(len as usize)];
@@ -298,30 +442,38 @@ impl Sink for FileSink {
     async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         let file = self.open()?;
         if let Err(e) = self.flush_stage().await {
-            let _ = std::fs::remove_file(&self.part);
+            let _ = self.discard();
             return Err(e);
         }
         self.direct = None;
-        let (end, part, target) = (self.end, self.part.clone(), self.target.clone());
+        let end = self.end;
+        let named = match &self.temp {
+            Temp::Named(p) => Some(p.clone()),
+            Temp::None | Temp::Anonymous => None,
+        };
+        let (dir, name, target) = (self.dir.clone(), self.name.clone(), self.target.clone());
         let what = format!("publishing {}", target.display());
         let r = Self::blocking(
             move || {
                 // Trailing zero runs were skipped: extend to the full size (reads as zeros).
                 file.set_len(end)?;
                 file.sync_all()?;
-                std::fs::rename(&part, &target)?;
-                let dir = target
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                File::open(dir)?.sync_all()?;
+                let temp = match named {
+                    Some(p) => p,
+                    None => link_unique(&file, &dir, &name)?,
+                };
+                if let Err(e) = std::fs::rename(&temp, &target) {
+                    let _ = std::fs::remove_file(&temp);
+                    return Err(e);
+                }
+                File::open(&dir)?.sync_all()?;
                 Ok(())
             },
             what,
         )
         .await;
         if let Err(e) = r {
-            let _ = std::fs::remove_file(&self.part);
+            let _ = self.discard();
             return Err(e);
         }
         self.report.size = end;
@@ -329,15 +481,8 @@ impl Sink for FileSink {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.file = None;
-        self.direct = None;
-        match std::fs::remove_file(&self.part) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(
-                format!("cannot remove {}", self.part.display()),
-                e,
-            )),
-        }
+        let shown = self.temp_shown();
+        self.discard()
+            .map_err(|e| Error::io(format!("cannot remove {shown}"), e))
     }
 }

@@ -4,8 +4,9 @@
 //!   chunks so reading overlaps with hashing.
 //! - [`HttpSource`]: HTTP(S) with custom headers, redirects, retries with backoff, a stall
 //!   timeout, `Content-Length` checking and resume with `Range` after a dropped connection.
-//! - [`FileSink`]: writes `NAME.part` beside the target, syncs, renames over the target and
-//!   syncs the directory; on abort the `.part` is removed and the target is untouched.
+//! - [`FileSink`]: writes a temporary file of its own beside the target (unnamed `O_TMPFILE`,
+//!   or a unique `O_EXCL` name), syncs, renames it over the target and
+//!   syncs the directory; on abort the temporary file is removed and the target is untouched.
 
 pub mod barbican;
 pub mod block;

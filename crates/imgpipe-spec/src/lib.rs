@@ -179,8 +179,9 @@ pub struct SignatureSpec {
     pub certificate_uuid: Option<String>,
     /// Barbican endpoint and token.
     pub barbican: Option<BarbicanSpec>,
-    /// Trusted certificates (files or directories); enables chain validation.
-    pub trusted_certificates: Vec<PathBuf>,
+    /// Trusted certificates (files or directories); `Some` enables chain validation, and an
+    /// empty list (or empty directories) then trusts nothing, as cursive does.
+    pub trusted_certificates: Option<Vec<PathBuf>>,
 }
 
 /// Where to fetch certificates from.
@@ -914,7 +915,7 @@ impl Reader<'_> {
                 token_env,
             })
         });
-        let trusted = t.strings("trusted_certificates", p).unwrap_or_default();
+        let trusted = t.strings("trusted_certificates", p);
         if (cert.is_some() && s.certificate_uuid.is_some())
             || (cert.is_none() && s.certificate_uuid.is_none() && !(glance && given == 0))
         {
@@ -944,7 +945,7 @@ impl Reader<'_> {
             ],
         );
         s.certificate = cert.map(|c| self.path(&c));
-        s.trusted_certificates = trusted.iter().map(|c| self.path(c)).collect();
+        s.trusted_certificates = trusted.map(|l| l.iter().map(|c| self.path(c)).collect());
         Some(s)
     }
 

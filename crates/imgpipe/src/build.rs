@@ -343,10 +343,11 @@ async fn signature_verifier(
             "the signing certificate source holds no certificate",
         ));
     };
-    let trusted = if s.trusted_certificates.is_empty() {
-        None
-    } else {
-        Some(load_cert_paths(&s.trusted_certificates)?)
+    // An empty list trusts nothing (the chain check then fails), as with cursive; only an
+    // absent list leaves chain validation off.
+    let trusted = match &s.trusted_certificates {
+        None => None,
+        Some(paths) => Some(load_cert_paths(paths)?),
     };
     let policy = CertificatePolicy {
         trusted,

@@ -324,6 +324,10 @@ pub struct Inspector {
     detection: Option<Detection>,
     provisional: Option<Verdict>,
     tail: Tail,
+    /// For streams whose virtual size is their length (raw, ISO, LUKS payload): the most bytes
+    /// that can still be within `max_virtual_size`. Passing it is a `policy.virtual_size`
+    /// violation at once, so an endless stream stops here and not at a full disk.
+    stream_cap: Option<u64>,
 }
 
 impl Inspector {
@@ -347,6 +351,7 @@ impl Inspector {
             fed: 0,
             detection: None,
             provisional: None,
+            stream_cap: None,
             tail: Tail::new(),
         }
     }
@@ -365,6 +370,7 @@ impl Inspector {
         self.fed = self.fed.saturating_add(data.len() as u64);
         self.tail.push(data);
         if self.detection.is_some() {
+            self.check_stream_cap();
             return Status::Decided;
         }
         let mut rest = data;
@@ -384,11 +390,13 @@ impl Inspector {
             self.run_pending(End::More);
             if self.all_done() {
                 self.decide();
+                self.check_stream_cap();
                 return Status::Decided;
             }
             if self.buf.len() as u64 >= MAX_LOOKAHEAD {
                 self.run_pending(End::Cap);
                 self.decide();
+                self.check_stream_cap();
                 return Status::Decided;
             }
         }
@@ -427,6 +435,28 @@ impl Inspector {
             });
         }
         v
+    }
+
+    /// Flag (once) a length-sized stream that has grown past what `max_virtual_size` allows.
+    fn check_stream_cap(&mut self) {
+        let Some(cap) = self.stream_cap else {
+            return;
+        };
+        if self.fed <= cap {
+            return;
+        }
+        self.stream_cap = None;
+        if let Some(v) = self.provisional.as_mut() {
+            v.violations.push(Violation {
+                check: "policy.virtual_size",
+                kind: ViolationKind::Policy,
+                message: format!(
+                    "the {} stream is already longer than {cap} bytes; allowed: a virtual size \
+                     of at most {} bytes",
+                    v.format, self.policy.max_virtual_size
+                ),
+            });
+        }
     }
 
     fn next_need(&self) -> u64 {
@@ -480,7 +510,21 @@ impl Inspector {
             }
         }
         let d = combine(found, examined);
-        self.provisional = Some(verdict(&d, &self.policy, self.stream_len_hint, None, false));
+        let v = verdict(&d, &self.policy, self.stream_len_hint, None, false);
+        let max = self.policy.max_virtual_size;
+        // A raw stream (no probe matched) may end with a 512-byte fixed-VHD footer.
+        let raw_cap = Some(max.saturating_add(512));
+        self.stream_cap = match &d.found {
+            None => raw_cap,
+            Some(f) => f.deferred.iter().find_map(|def| match def {
+                Deferred::StreamLen => raw_cap,
+                Deferred::Payload {
+                    offset, size: None, ..
+                } => Some(max.saturating_add(*offset)),
+                _ => None,
+            }),
+        };
+        self.provisional = Some(v);
         self.detection = Some(d);
         self.buf = Vec::new();
     }
