@@ -388,11 +388,61 @@ fn dev_of(p: &Path) -> Option<u64> {
     m.file_type().is_block_device().then(|| m.rdev())
 }
 
+/// Where the in-use checks of [`BlockSink::open`] read the host's state: sysfs (for the
+/// device's partitions and `holders/`), the mount table and the swap list. [`HostView::default`]
+/// is the running host (`/sys`, `/proc/self/mountinfo`, `/proc/swaps`); tests point it at a
+/// directory tree shaped like sysfs to exercise states the test machine cannot produce (a
+/// device-mapper or md holder needs device-mapper or md in the kernel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostView {
+    /// The sysfs mount point (`/sys`): `dev/block/M:m` is read below it.
+    pub sysfs: PathBuf,
+    /// The mount table (`/proc/self/mountinfo` format).
+    pub mountinfo: PathBuf,
+    /// The swap list (`/proc/swaps` format).
+    pub swaps: PathBuf,
+}
+
+impl Default for HostView {
+    fn default() -> Self {
+        HostView {
+            sysfs: PathBuf::from("/sys"),
+            mountinfo: PathBuf::from("/proc/self/mountinfo"),
+            swaps: PathBuf::from("/proc/swaps"),
+        }
+    }
+}
+
+/// Refuse `path` if it, or any partition on it, is mounted (`block.mounted`), used as swap
+/// (`block.swap`) or held by another kernel device (`block.holders`), as `host` shows it.
+/// [`BlockSink::open`] runs this with [`HostView::default`] before its exclusive open; it is
+/// public so the checks can be run (and tested) on their own. `path` must be a block device
+/// (`block.not_block_device` otherwise).
+pub fn check_device_free(path: &Path, host: &HostView) -> Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot stat sink device {}", path.display()), e))?;
+    if !meta.file_type().is_block_device() {
+        return Err(not_block_device(path));
+    }
+    check_not_in_use(path, meta.rdev(), host)
+}
+
+fn not_block_device(path: &Path) -> Error {
+    Error::check(
+        ErrorKind::Spec,
+        "block.not_block_device",
+        format!(
+            "{} is not a block device; use the file sink for regular files",
+            path.display()
+        ),
+    )
+}
+
 /// Refuse a device that is mounted, used as swap or held by another kernel device, checking
 /// the device and every partition on it.
-fn check_not_in_use(path: &Path, rdev: u64) -> Result<()> {
+fn check_not_in_use(path: &Path, rdev: u64, host: &HostView) -> Result<()> {
     let (maj, min) = (libc::major(rdev), libc::minor(rdev));
-    let sys = PathBuf::from(format!("/sys/dev/block/{maj}:{min}"));
+    let sys = host.sysfs.join(format!("dev/block/{maj}:{min}"));
     // The device and its partitions, as (kernel name, dev_t).
     let name = std::fs::read_link(&sys)
         .ok()
@@ -422,7 +472,7 @@ fn check_not_in_use(path: &Path, rdev: u64) -> Result<()> {
     }
     let shown = path.display();
 
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+    if let Ok(info) = std::fs::read_to_string(&host.mountinfo) {
         for line in info.lines() {
             let f: Vec<&str> = line.split(' ').collect();
             let (Some(mm), Some(mp)) = (f.get(2), f.get(4)) else {
@@ -455,7 +505,7 @@ fn check_not_in_use(path: &Path, rdev: u64) -> Result<()> {
             }
         }
     }
-    if let Ok(swaps) = std::fs::read_to_string("/proc/swaps") {
+    if let Ok(swaps) = std::fs::read_to_string(&host.swaps) {
         for line in swaps.lines().skip(1) {
             let Some(f) = line.split_whitespace().next() else {
                 continue;
@@ -503,17 +553,10 @@ impl BlockSink {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot stat sink device {}", path.display()), e))?;
         if !meta.file_type().is_block_device() {
-            return Err(Error::check(
-                ErrorKind::Spec,
-                "block.not_block_device",
-                format!(
-                    "{} is not a block device; use the file sink for regular files",
-                    path.display()
-                ),
-            ));
+            return Err(not_block_device(path));
         }
         let rdev = meta.rdev();
-        check_not_in_use(path, rdev)?;
+        check_not_in_use(path, rdev, &HostView::default())?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -1074,6 +1117,21 @@ impl Fill<'_> {
     }
 }
 
+/// `e` with `note` appended to its message (kind, check and offset kept).
+pub(crate) fn with_note(e: Error, note: &str) -> Error {
+    let mut n = Error::new(e.kind(), format!("{}; {note}", e.message()));
+    if let Some(c) = e.check_name() {
+        n = n.with_check(c.to_string());
+    }
+    if let Some(s) = e.stage() {
+        n = n.with_stage(s.to_string());
+    }
+    if let Some(o) = e.offset() {
+        n = n.with_offset(o);
+    }
+    n
+}
+
 /// Zero the first MiB of `path` without the exclusive open (used when the writer was lost).
 fn wipe_head_of(path: &Path) -> Result<()> {
     let file = OpenOptions::new()
@@ -1111,11 +1169,33 @@ impl Sink for BlockSink {
 
     async fn finish(mut self: Box<Self>) -> Result<SinkReport> {
         let r = self.with_writer(|w| w.finish()).await;
-        if r.is_err() {
-            // Never leave a half-published disk recognisable.
-            let _ = self.with_writer(|w| w.wipe_head()).await;
-        }
-        r
+        let Err(e) = r else { return r };
+        // Never leave a half-published disk recognisable: the held-back head may have been
+        // written in part before the failure. If the writer itself was lost (its worker
+        // panicked), wipe through a new descriptor.
+        let wiped = if self.writer.is_some() {
+            self.with_writer(|w| w.wipe_head()).await
+        } else {
+            let path = self.path.clone();
+            tokio::task::spawn_blocking(move || wipe_head_of(&path))
+                .await
+                .unwrap_or_else(|j| {
+                    Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("wipe worker failed: {j}"),
+                    ))
+                })
+        };
+        Err(match wiped {
+            Ok(()) => e,
+            Err(w) => with_note(
+                e,
+                &format!(
+                    "wiping the first MiB afterwards failed too, the device may hold a \
+                     recognisable partial disk: {w}"
+                ),
+            ),
+        })
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {

@@ -614,8 +614,13 @@ impl Sink for LvmSink {
                 // finish failed: the disk is not published; do not leave the new LV behind.
                 let (lvm, (vg, lv)) = (self.lvm.clone(), self.target.names());
                 let (vg, lv) = (vg.to_string(), lv.to_string());
-                let _ = blocking(move || lvm.remove(&vg, &lv)).await;
-                Err(e)
+                Err(match blocking(move || lvm.remove(&vg, &lv)).await {
+                    Ok(()) => e,
+                    Err(r) => crate::block::with_note(
+                        e,
+                        &format!("removing the logical volume {name} it created failed too: {r}"),
+                    ),
+                })
             }
             Err(e) => Err(e),
         }
