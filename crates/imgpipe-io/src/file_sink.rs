@@ -63,6 +63,8 @@ pub struct FileSink {
     report: SinkReport,
     flushed_to: u64,
     written_since_flush: u64,
+    /// Try `O_TMPFILE` first (only the unit tests turn it off, to test the named fallback).
+    try_tmpfile: bool,
 }
 
 /// A random name beside the target: `NAME.imgpipe-<16 hex>.part`.
@@ -179,6 +181,7 @@ impl FileSink {
             },
             flushed_to: 0,
             written_since_flush: 0,
+            try_tmpfile: true,
         })
     }
 
@@ -205,11 +208,15 @@ impl FileSink {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let anon = OpenOptions::new()
-            .write(true)
-            .mode(0o666)
-            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
-            .open(&self.dir);
+        let anon = if self.try_tmpfile {
+            OpenOptions::new()
+                .write(true)
+                .mode(0o666)
+                .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+                .open(&self.dir)
+        } else {
+            Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+        };
         let f = match anon {
             Ok(f) => {
                 self.temp = Temp::Anonymous;
@@ -484,5 +491,112 @@ impl Sink for FileSink {
         let shown = self.temp_shown();
         self.discard()
             .map_err(|e| Error::io(format!("cannot remove {shown}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use bytes::Bytes;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    async fn write_some(sink: &mut FileSink, seed: u8) {
+        sink.begin(&DiskInfo::default()).await.unwrap();
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i as u8) ^ seed).collect();
+        sink.write(DiskExtent::Data {
+            offset: 0,
+            data: Bytes::from(data),
+        })
+        .await
+        .unwrap();
+    }
+
+    /// The `O_TMPFILE` path: no directory entry exists until publish.
+    #[tokio::test]
+    async fn tmpfile_has_no_name_until_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("disk.raw");
+        let mut sink = FileSink::new(&target, FileZeroes::Skip).unwrap();
+        write_some(&mut sink, 1).await;
+        assert!(
+            matches!(sink.temp, Temp::Anonymous),
+            "the test directory (ext4, xfs, btrfs or tmpfs) supports O_TMPFILE"
+        );
+        assert!(names(dir.path()).is_empty());
+        Box::new(sink).finish().await.unwrap();
+        assert_eq!(names(dir.path()), vec!["disk.raw"]);
+
+        let mut sink = FileSink::new(&target, FileZeroes::Skip).unwrap();
+        write_some(&mut sink, 2).await;
+        Box::new(sink).abort().await.unwrap();
+        assert_eq!(names(dir.path()), vec!["disk.raw"]);
+        assert_eq!(std::fs::read(&target).unwrap()[1], 1 ^ 1);
+    }
+
+    /// The named fallback (filesystems without `O_TMPFILE`): a unique name per run, created
+    /// exclusively; the old predictable name, even as a symlink, is never touched.
+    #[tokio::test]
+    async fn named_fallback_is_unique_exclusive_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let target = d.join("disk.raw");
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("disk.raw.part")).unwrap();
+        let mut a = FileSink::new(&target, FileZeroes::Skip).unwrap();
+        a.try_tmpfile = false;
+        let mut b = FileSink::new(&target, FileZeroes::Skip).unwrap();
+        b.try_tmpfile = false;
+        write_some(&mut a, 3).await;
+        write_some(&mut b, 4).await;
+        let (pa, pb) = (
+            a.temp_path().unwrap().to_path_buf(),
+            b.temp_path().unwrap().to_path_buf(),
+        );
+        assert_ne!(pa, pb, "two runs share a temporary file");
+        for p in [&pa, &pb] {
+            let n = p.file_name().unwrap().to_string_lossy().to_string();
+            assert!(
+                n.starts_with("disk.raw.imgpipe-") && n.ends_with(".part"),
+                "{n}"
+            );
+            assert!(std::fs::symlink_metadata(p).unwrap().file_type().is_file());
+        }
+        Box::new(a).abort().await.unwrap();
+        assert!(!pa.exists());
+        Box::new(b).finish().await.unwrap();
+        assert!(!pb.exists());
+        assert_eq!(names(d), vec!["disk.raw", "disk.raw.part", "victim"]);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&target).unwrap()[1], 1 ^ 4);
+    }
+
+    /// Exclusive creation refuses an existing name (a symlink included) instead of opening it.
+    #[test]
+    fn exclusive_create_never_opens_an_existing_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("victim"), b"keep").unwrap();
+        let p = d.join("x");
+        std::os::unix::fs::symlink(d.join("victim"), &p).unwrap();
+        let e = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p)
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        let (_, q) = create_named(d, std::ffi::OsStr::new("x")).unwrap();
+        assert_ne!(q, p);
+        assert_eq!(std::fs::read(d.join("victim")).unwrap(), b"keep");
     }
 }
