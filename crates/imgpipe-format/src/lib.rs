@@ -11,5 +11,6 @@
 pub mod decode;
 mod format;
 pub mod inspect;
+mod vhd_size;
 
 pub use format::Format;

@@ -4,9 +4,8 @@
 //! (dynamic header, BAT, blocks of a sector bitmap then data); type 4 (differencing) is refused;
 //! no footer copy means a fixed disk: raw data followed by a 512-byte footer, so the last 512
 //! bytes seen are always held back until the end, then checked (magic, checksum, type 2, size
-//! equal to the data length). The disk size follows QEMU: CHS geometry for images written by
-//! Virtual PC or old QEMU (creator `vpc ` / `qemu`) unless the geometry is the maximum, else the
-//! footer's current size. Like QEMU, sector bitmaps are not consulted (a present block is read
+//! equal to the data length). The disk size is [`crate::vhd_size`]'s rule (qemu's), the one
+//! the inspector reports. Like QEMU, sector bitmaps are not consulted (a present block is read
 //! whole).
 
 use bytes::{Bytes, BytesMut};
@@ -24,7 +23,6 @@ const FOOTER: usize = 512;
 const TYPE_FIXED: u32 = 2;
 const TYPE_DYNAMIC: u32 = 3;
 const TYPE_DIFFERENCING: u32 = 4;
-const MAX_GEOMETRY: u64 = 65535 * 16 * 255;
 /// QEMU's limit (2040 GiB).
 const MAX_SECTORS: u64 = 0xff00_0000;
 const UNALLOCATED: u32 = 0xffff_ffff;
@@ -59,14 +57,7 @@ fn parse_footer(b: &[u8], max_virtual_size: u64) -> Result<Footer, DecodeError> 
             ),
         ));
     }
-    let creator = b.get(28..32).unwrap_or_default();
-    let chs = u64::from(field::be16(b, 56)) * u64::from(b[58]) * u64::from(b[59]);
-    let use_chs = creator == b"vpc " || creator == b"qemu";
-    let sectors = if !use_chs || chs == MAX_GEOMETRY {
-        field::be64(b, 48) / 512
-    } else {
-        chs
-    };
+    let sectors = crate::vhd_size::disk_sectors(b);
     if sectors > MAX_SECTORS || sectors * 512 > max_virtual_size {
         return Err(limit(
             F,

@@ -3,15 +3,13 @@
 
 use crate::Format;
 
-use super::probe::{Ctx, Deferred, Finding, Found, Probe, arr, be32_at, be64_at, conclude, gate};
+use super::probe::{Ctx, Deferred, Finding, Found, Probe, be32_at, be64_at, conclude, gate};
 
 pub(crate) const COOKIE: &[u8] = b"conectix";
 const DYN_COOKIE: &[u8] = b"cxsparse";
 const TYPE_FIXED: u32 = 2;
 const TYPE_DYNAMIC: u32 = 3;
 const TYPE_DIFF: u32 = 4;
-/// qemu's VHD_MAX_GEOMETRY: 65535 cylinders * 16 heads * 255 sectors.
-const MAX_GEOMETRY: u64 = 65535 * 16 * 255;
 /// The dynamic header is only looked for this close to the start.
 const MAX_DYN_HEADER_OFFSET: u64 = 64 * 1024;
 
@@ -25,22 +23,10 @@ pub(crate) fn checksum(footer: &[u8]) -> u32 {
     !sum
 }
 
-/// The virtual size qemu reports for a footer (block/vpc.c): CHS geometry unless the creator is
-/// one known to use `current_size`, or the geometry is the maximum.
+/// The virtual size of the disk a footer describes: the rule the decoder uses too
+/// ([`crate::vhd_size`], qemu's).
 pub(crate) fn virtual_size(footer: &[u8]) -> u64 {
-    let creator = footer.get(28..32).unwrap_or(&[]);
-    let cyls = u64::from(u16::from_be_bytes(arr(footer.get(56..).unwrap_or(&[]))));
-    let heads = u64::from(footer.get(58).copied().unwrap_or(0));
-    let secs = u64::from(footer.get(59).copied().unwrap_or(0));
-    let chs = cyls * heads * secs;
-    let current = be64_at(footer, 48);
-    let size_creators: [&[u8]; 5] = [b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"];
-    let use_chs = !size_creators.contains(&creator);
-    if !use_chs || chs == MAX_GEOMETRY {
-        current / 512 * 512
-    } else {
-        chs * 512
-    }
+    crate::vhd_size::disk_sectors(footer) * 512
 }
 
 /// Footer findings common to the copy at 0 and the footer at the end.
