@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use block_support::{Loop, loop_available, pseudo_random};
+use block_support::{Loop, Tmpfs, loop_available, pseudo_random, tool_available};
 use bytes::Bytes;
 use imgpipe_core::{DiskExtent, DiskInfo, ErrorKind, Sink};
 use imgpipe_io::block::{BlockZeroes, HELD_BACK};
@@ -249,6 +249,115 @@ fn recorded_create_write_finish_keeps_the_lv() {
     assert_eq!(lo.read(0, content.len()), content);
 }
 
+/// `finish` fails on an LV this run created (a body write fails: the LV stands in as a loop
+/// device over a file on a tmpfs that is full by then): the sink wipes the first MiB and then
+/// runs `lvremove -f vg/name`, in that order, and reports the write failure.
+#[test]
+fn recorded_finish_failure_removes_the_created_lv() {
+    let test = "recorded_finish_failure_removes_the_created_lv";
+    if !loop_available(test) {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(test, 4 * MIB) else {
+        return;
+    };
+    let backing = fs.path().join("lv.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let lo = Loop::attach(&backing, &[]);
+    let runner = Arc::new(RecordedRunner::new(vec![
+        step(LVS_CMD, CommandOutput::ok(LVS_NONE)),
+        step(
+            "lvcreate -L 8388608b -n inst_disk imgtestvg",
+            CommandOutput::ok("  Logical volume \"inst_disk\" created.\n"),
+        ),
+        step(LVS_CMD, CommandOutput::ok(LVS_DISK)),
+        step(
+            "lvremove -f imgtestvg/inst_disk",
+            CommandOutput::ok("  Logical volume \"inst_disk\" successfully removed.\n"),
+        ),
+    ]));
+    let target = LvTarget::New {
+        vg: "imgtestvg".into(),
+        name: "inst_disk".into(),
+        size: None,
+    };
+    let sink = LvmSink::open(Lvm::new(runner.clone()), target, BlockZeroes::WriteZeroes)
+        .unwrap()
+        .with_device_resolver(to_loop(lo.dev.clone()));
+    let err = rt().block_on(async {
+        let mut sink = Box::new(sink);
+        sink.begin(&DiskInfo {
+            size: Some(8 * MIB),
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+        assert!(sink.created());
+        // begin wrote the first MiB (its blocks exist); nothing else can be stored now.
+        fs.fill_leaving(0);
+        sink.write(DiskExtent::Data {
+            offset: 0,
+            data: Bytes::from(pseudo_random(5, 3 * MIB as usize)),
+        })
+        .await
+        .unwrap();
+        // The remove must come after the wipe: no lvremove yet.
+        assert_eq!(runner.calls().len(), 3, "calls: {:?}", runner.calls());
+        sink.finish().await.unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(err.offset().is_some_and(|o| o >= MIB), "{err}");
+    assert_eq!(runner.remaining(), 0, "calls: {:?}", runner.calls());
+    assert_eq!(
+        runner.calls().last().map(|c| c.join(" ")).as_deref(),
+        Some("lvremove -f imgtestvg/inst_disk")
+    );
+    assert!(lo.read(0, HELD_BACK as usize).iter().all(|&b| b == 0));
+    drop(lo);
+    drop(fs);
+
+    // The same failure on an existing LV: wiped, never removed (no lvremove step recorded).
+    let Some(fs) = Tmpfs::mount(test, 4 * MIB) else {
+        return;
+    };
+    let backing = fs.path().join("lv.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let lo = Loop::attach(&backing, &[]);
+    let runner = Arc::new(RecordedRunner::new(vec![
+        step(LVS_CMD, CommandOutput::ok(LVS_DISK)),
+        step(LVS_CMD, CommandOutput::ok(LVS_DISK)),
+    ]));
+    let target = LvTarget::Existing {
+        vg: "imgtestvg".into(),
+        name: "inst_disk".into(),
+    };
+    let sink = LvmSink::open(Lvm::new(runner.clone()), target, BlockZeroes::WriteZeroes)
+        .unwrap()
+        .with_device_resolver(to_loop(lo.dev.clone()));
+    rt().block_on(async {
+        let mut sink = Box::new(sink);
+        sink.begin(&DiskInfo::default()).await.unwrap();
+        assert!(!sink.created());
+        fs.fill_leaving(0);
+        sink.write(DiskExtent::Data {
+            offset: 0,
+            data: Bytes::from(pseudo_random(6, 3 * MIB as usize)),
+        })
+        .await
+        .unwrap();
+        sink.finish().await.unwrap_err();
+    });
+    assert_eq!(runner.remaining(), 0, "calls: {:?}", runner.calls());
+    assert_eq!(runner.calls().len(), 2, "calls: {:?}", runner.calls());
+    assert!(lo.read(0, HELD_BACK as usize).iter().all(|&b| b == 0));
+}
+
 #[test]
 fn recorded_failures_are_reported_and_nothing_is_removed_that_was_not_created() {
     // An LV that exists already is not created over.
@@ -386,6 +495,124 @@ struct Vg {
     name: String,
     pv: Loop,
     mapper_existed: bool,
+    pe_start: u64,
+    extent: u64,
+    /// The tmpfs under the PV's backing file, if any (unmounted after the PV is detached).
+    _fs: Option<Tmpfs>,
+}
+
+impl Vg {
+    /// `pvcreate` + `vgcreate` on `pv`; reads the PV's first extent offset and the extent size.
+    fn create(name: String, pv: Loop, mapper_existed: bool, fs: Option<Tmpfs>) -> Vg {
+        let mut vg = Vg {
+            name,
+            pv,
+            mapper_existed,
+            pe_start: 0,
+            extent: 0,
+            _fs: fs,
+        };
+        let pv = vg.pv.dev.display().to_string();
+        sh(&["pvcreate", "-q", &pv]);
+        sh(&["vgcreate", "-q", &vg.name, &pv]);
+        vg.pe_start = report_field(
+            &sh(&[
+                "pvs",
+                "--reportformat",
+                "json",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                "pe_start",
+                &pv,
+            ]),
+            "pe_start",
+        )
+        .parse()
+        .unwrap();
+        vg.extent = report_field(
+            &sh(&[
+                "vgs",
+                "--reportformat",
+                "json",
+                "--units",
+                "b",
+                "--nosuffix",
+                "-o",
+                "vg_extent_size",
+                &vg.name,
+            ]),
+            "vg_extent_size",
+        )
+        .parse()
+        .unwrap();
+        vg
+    }
+
+    /// The first physical extent of `vg/lv` (a single linear segment).
+    fn first_pe(&self, lv: &str) -> u64 {
+        let ranges = report_field(
+            &sh(&[
+                "lvs",
+                "--reportformat",
+                "json",
+                "-o",
+                "seg_pe_ranges",
+                &format!("{}/{lv}", self.name),
+            ]),
+            "seg_pe_ranges",
+        );
+        // "/dev/loopN:first-last"
+        let (_, r) = ranges.rsplit_once(':').unwrap();
+        r.split_once('-').unwrap().0.parse().unwrap()
+    }
+
+    /// Device-mapper is missing: LVs cannot be activated, so expose an LV's (single, linear)
+    /// segment as a loop device over the same backing file at the PV offset. The windows are
+    /// kept in `windows` (detached when it drops).
+    fn window_resolver(
+        &self,
+        windows: &Arc<Mutex<Vec<Loop>>>,
+    ) -> impl Fn(&LvInfo) -> imgpipe_core::Result<PathBuf> + Clone + Send + Sync + 'static {
+        let (windows, backing, vgname) = (windows.clone(), self.pv.file.clone(), self.name.clone());
+        let (pe_start, extent) = (self.pe_start, self.extent);
+        move |lv: &LvInfo| -> imgpipe_core::Result<PathBuf> {
+            let ranges = report_field(
+                &sh(&[
+                    "lvs",
+                    "--reportformat",
+                    "json",
+                    "-o",
+                    "seg_pe_ranges",
+                    &format!("{vgname}/{}", lv.lv_name),
+                ]),
+                "seg_pe_ranges",
+            );
+            let (_, r) = ranges.rsplit_once(':').unwrap();
+            let first: u64 = r.split_once('-').unwrap().0.parse().unwrap();
+            let w = Loop::attach(
+                &backing,
+                &[
+                    format!("--offset={}", pe_start + first * extent),
+                    format!("--sizelimit={}", lv.lv_size),
+                ],
+            );
+            let dev = w.dev.clone();
+            windows.lock().unwrap().push(w);
+            Ok(dev)
+        }
+    }
+}
+
+/// Metadata-only LVM commands (no device-mapper here).
+fn metadata_lvm() -> Lvm {
+    Lvm::system().with_create_args(vec![
+        "--driverloaded".into(),
+        "n".into(),
+        "-an".into(),
+        "-Zn".into(),
+    ])
 }
 
 impl Drop for Vg {
@@ -412,87 +639,16 @@ fn real_lvm_metadata_create_write_through_window_then_remove() {
     if !loop_available("real_lvm_metadata") || !lvm_available("real_lvm_metadata") {
         return;
     }
-    let vg = Vg {
-        name: format!("imgpipe_test_{}", std::process::id()),
-        pv: Loop::new(64 * MIB),
+    let vg = Vg::create(
+        format!("imgpipe_test_{}", std::process::id()),
+        Loop::new(64 * MIB),
         mapper_existed,
-    };
-    let pv = vg.pv.dev.display().to_string();
-    sh(&["pvcreate", "-q", &pv]);
-    sh(&["vgcreate", "-q", &vg.name, &pv]);
-    let pe_start: u64 = report_field(
-        &sh(&[
-            "pvs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "pe_start",
-            &pv,
-        ]),
-        "pe_start",
-    )
-    .parse()
-    .unwrap();
-    let extent: u64 = report_field(
-        &sh(&[
-            "vgs",
-            "--reportformat",
-            "json",
-            "--units",
-            "b",
-            "--nosuffix",
-            "-o",
-            "vg_extent_size",
-            &vg.name,
-        ]),
-        "vg_extent_size",
-    )
-    .parse()
-    .unwrap();
-
-    // Device-mapper is missing: LVs cannot be activated, so expose the LV's (single, linear)
-    // segment as a loop device over the same backing file at the PV offset.
+        None,
+    );
+    let (pe_start, extent) = (vg.pe_start, vg.extent);
     let windows: Arc<Mutex<Vec<Loop>>> = Arc::default();
-    let resolver = {
-        let (windows, backing, vgname) = (windows.clone(), vg.pv.file.clone(), vg.name.clone());
-        move |lv: &LvInfo| -> imgpipe_core::Result<PathBuf> {
-            let ranges = report_field(
-                &sh(&[
-                    "lvs",
-                    "--reportformat",
-                    "json",
-                    "-o",
-                    "seg_pe_ranges",
-                    &format!("{vgname}/{}", lv.lv_name),
-                ]),
-                "seg_pe_ranges",
-            );
-            // "/dev/loopN:first-last"
-            let (_, r) = ranges.rsplit_once(':').unwrap();
-            let first: u64 = r.split_once('-').unwrap().0.parse().unwrap();
-            let w = Loop::attach(
-                &backing,
-                &[
-                    format!("--offset={}", pe_start + first * extent),
-                    format!("--sizelimit={}", lv.lv_size),
-                ],
-            );
-            let dev = w.dev.clone();
-            windows.lock().unwrap().push(w);
-            Ok(dev)
-        }
-    };
-    let lvm = || {
-        Lvm::system().with_create_args(vec![
-            "--driverloaded".into(),
-            "n".into(),
-            "-an".into(),
-            "-Zn".into(),
-        ])
-    };
+    let resolver = vg.window_resolver(&windows);
+    let lvm = metadata_lvm;
 
     // A verified run: create, write, finish; the LV stays and the bytes sit at its PV extents.
     let content = pseudo_random(77, 6 * MIB as usize);
@@ -525,26 +681,7 @@ fn real_lvm_metadata_create_write_through_window_then_remove() {
         .unwrap()
         .expect("LV kept after finish");
     assert_eq!(lv.lv_size, 8 * MIB, "6 MiB rounded up to two 4 MiB extents");
-    let ranges = report_field(
-        &sh(&[
-            "lvs",
-            "--reportformat",
-            "json",
-            "-o",
-            "seg_pe_ranges",
-            &format!("{}/inst_disk", vg.name),
-        ]),
-        "seg_pe_ranges",
-    );
-    let first: u64 = ranges
-        .rsplit_once(':')
-        .unwrap()
-        .1
-        .split_once('-')
-        .unwrap()
-        .0
-        .parse()
-        .unwrap();
+    let first = vg.first_pe("inst_disk");
     assert_eq!(
         vg.pv.read(pe_start + first * extent, content.len()),
         content,
@@ -587,4 +724,83 @@ fn real_lvm_metadata_create_write_through_window_then_remove() {
     );
     let w = windows.lock().unwrap();
     assert!(w[1].read(0, HELD_BACK as usize).iter().all(|&b| b == 0));
+}
+
+/// Real LVM metadata: `finish` fails on an LV this run created, and the LV is gone afterwards
+/// (`lvremove` for real). The PV's backing file sits on a tmpfs that is full by the time the
+/// body is flushed; the PV's metadata area (its first MiB) is allocated up front so LVM can
+/// still rewrite its metadata.
+#[test]
+fn real_lvm_finish_failure_removes_the_created_lv() {
+    let test = "real_lvm_finish_failure_removes_the_created_lv";
+    let mapper_existed = Path::new("/dev/mapper/control").exists();
+    if !loop_available(test) || !lvm_available(test) || !tool_available(test, "fallocate") {
+        return;
+    }
+    let Some(fs) = Tmpfs::mount(test, 8 * MIB) else {
+        return;
+    };
+    let backing = fs.path().join("pv.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    let st = Command::new("fallocate")
+        .args(["--keep-size", "--offset", "0", "--length", "1MiB"])
+        .arg(&backing)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let vg = Vg::create(
+        format!("imgpipe_fail_{}", std::process::id()),
+        Loop::attach(&backing, &[]),
+        mapper_existed,
+        Some(fs),
+    );
+    let windows: Arc<Mutex<Vec<Loop>>> = Arc::default();
+    let target = LvTarget::New {
+        vg: vg.name.clone(),
+        name: "failed_disk".into(),
+        size: Some(8 * MIB),
+    };
+    let sink = LvmSink::open(metadata_lvm(), target, BlockZeroes::WriteZeroes)
+        .unwrap()
+        .with_device_resolver(Box::new(vg.window_resolver(&windows)));
+    let err = rt().block_on(async {
+        let mut sink = Box::new(sink);
+        sink.begin(&DiskInfo {
+            size: Some(8 * MIB),
+            encrypted: false,
+        })
+        .await
+        .unwrap();
+        assert!(sink.created());
+        assert!(
+            metadata_lvm()
+                .find(&vg.name, "failed_disk")
+                .unwrap()
+                .is_some(),
+            "lvcreate did not create the LV"
+        );
+        vg._fs.as_ref().unwrap().fill_leaving(0);
+        sink.write(DiskExtent::Data {
+            offset: 0,
+            data: Bytes::from(pseudo_random(7, 3 * MIB as usize)),
+        })
+        .await
+        .unwrap();
+        sink.finish().await.unwrap_err()
+    });
+    assert_eq!(err.kind(), ErrorKind::Io, "{err}");
+    assert!(
+        !err.message().contains("removing the logical volume"),
+        "lvremove failed: {err}"
+    );
+    assert_eq!(
+        metadata_lvm().find(&vg.name, "failed_disk").unwrap(),
+        None,
+        "the LV created by a run whose finish failed is still there"
+    );
+    let w = windows.lock().unwrap();
+    assert!(w[0].read(0, HELD_BACK as usize).iter().all(|&b| b == 0));
 }
