@@ -503,4 +503,12 @@ fn an_empty_trusted_certificate_list_trusts_nothing() {
     let absent = write_spec(d, "absent.toml", &spec_with(""));
     let (code, json, _) = run(&absent);
     assert_eq!(code, 0, "{json}");
+    assert!(
+        json["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap_or("").contains("no trusted_certificates")),
+        "{json}"
+    );
 }

@@ -346,7 +346,14 @@ async fn signature_verifier(
     // An empty list trusts nothing (the chain check then fails), as with cursive; only an
     // absent list leaves chain validation off.
     let trusted = match &s.trusted_certificates {
-        None => None,
+        None => {
+            warnings.push(
+                "no trusted_certificates: the signing certificate's chain was not validated \
+                 (any certificate whose key verifies the signature is accepted)"
+                    .into(),
+            );
+            None
+        }
         Some(paths) => Some(load_cert_paths(paths)?),
     };
     let policy = CertificatePolicy {
