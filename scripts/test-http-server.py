@@ -15,7 +15,7 @@ cannot be made to cut, reset, stall or change an answer at a chosen byte.
   --redirect-to T  answer a GET of /r/REST with 302 and Location T + REST (T absolute, e.g.
                    another server's http://127.0.0.1:PORT/, or relative, e.g. /)
   --content-md5 F  send Content-MD5 of the whole file (also on 206, as Glance does) as F = hex
-                   (Glance's form) or base64 (RFC 1864)
+                   (Glance's form) or base64 (RFC 1864), or wrong-hex: the MD5 of other bytes
   --fault MODE     one persistent fault (every response, or the first --drops K), at image
                    offset --fault-at N (default 1 MiB):
       short            Content-Length as usual, but the body stops at image offset N: a clean
@@ -77,7 +77,7 @@ ap.add_argument("--no-validators", action="store_true")
 ap.add_argument("--log", default=None)
 ap.add_argument("--header-log", default=None)
 ap.add_argument("--redirect-to", default=None)
-ap.add_argument("--content-md5", choices=["hex", "base64"], default=None)
+ap.add_argument("--content-md5", choices=["hex", "base64", "wrong-hex"], default=None)
 ap.add_argument("--fault", choices=FAULTS, default=None)
 ap.add_argument("--fault-at", type=int, default=1 << 20)
 ap.add_argument("--trickle-bytes", type=int, default=256)
@@ -219,6 +219,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-MD5", file_md5(path).hex())
         elif args.content_md5 == "base64":
             self.send_header("Content-MD5", base64.b64encode(file_md5(path)).decode())
+        elif args.content_md5 == "wrong-hex":
+            self.send_header("Content-MD5", hashlib.md5(file_md5(path)).hexdigest())
         self.end_headers()
 
         # Where (as an image offset) this answer stops early, and how.

@@ -44,20 +44,7 @@ pub async fn open_source(spec: &Spec) -> Result<Box<dyn Source>> {
     Ok(match &spec.source {
         SourceSpec::File(p) => Box::new(ReaderSource::open(p)?),
         SourceSpec::Stdin => Box::new(ReaderSource::stdin()?),
-        SourceSpec::Http { url, headers } => {
-            let mut s = HttpSource::new(
-                url,
-                HttpOptions {
-                    headers: headers.clone(),
-                    attempts: spec.retry.attempts,
-                    stall_timeout: spec.retry.stall_timeout,
-                    backoff: spec.retry.backoff,
-                    ..Default::default()
-                },
-            )?;
-            s.connect().await?;
-            Box::new(s)
-        }
+        SourceSpec::Http { url, headers } => Box::new(open_http(spec, url, headers).await?),
         SourceSpec::Glance(_) => {
             return Err(Error::new(
                 ErrorKind::Internal,
@@ -67,11 +54,36 @@ pub async fn open_source(spec: &Spec) -> Result<Box<dyn Source>> {
     })
 }
 
+/// A plain URL source, connected (its length and `Content-MD5` known).
+async fn open_http(spec: &Spec, url: &str, headers: &[(String, String)]) -> Result<HttpSource> {
+    let mut s = HttpSource::new(
+        url,
+        HttpOptions {
+            headers: headers.to_vec(),
+            ..http_options(spec)
+        },
+    )?;
+    s.connect().await?;
+    Ok(s)
+}
+
 fn http_options(spec: &Spec) -> HttpOptions {
+    let v = &spec.verify;
+    // Resuming without a validator may splice two versions of the image: allowed only when
+    // the whole stream is checked against an expected digest or a signature (a Glance source
+    // requires a hash unless the spec says otherwise).
+    let digest_checked = !v.digests.is_empty()
+        || v.os_hash_value.is_some()
+        || v.checksum.is_some()
+        || v.signature.is_some()
+        || v.require_hash
+            .unwrap_or(matches!(spec.source, SourceSpec::Glance(_)));
     HttpOptions {
         attempts: spec.retry.attempts,
         stall_timeout: spec.retry.stall_timeout,
         backoff: spec.retry.backoff,
+        deadline: spec.retry.deadline,
+        resume_without_validator: digest_checked,
         ..Default::default()
     }
 }
@@ -410,6 +422,13 @@ pub async fn verification_pinned(
         hasher(&mut hashers, *algo).expect(hex, "the spec");
     }
     let glance = matches!(spec.source, SourceSpec::Glance(_));
+    // A plain URL's Content-MD5 is always checked (check `digest.md5`); for Glance it is
+    // glanceclient's last resort in the record's rules.
+    let (content_md5, header_md5) = if glance {
+        (content_md5, None)
+    } else {
+        (None, content_md5)
+    };
     let record = ImageRecord {
         os_hash_algo: v.os_hash_algo.clone(),
         os_hash_value: v.os_hash_value.clone(),
@@ -442,6 +461,9 @@ pub async fn verification_pinned(
         warnings.push(
             "no expected digest or signature was given: the image bytes were not verified".into(),
         );
+    }
+    if let Some(m) = header_md5 {
+        hasher(&mut hashers, Algorithm::Md5).expect(&m, "the server's Content-MD5 header");
     }
     // The pins check the entry against its own sidecar: reported as cache checks, never as
     // `digest.*`/`size` (with no expectation of the request's, the image is unverified).
@@ -948,6 +970,10 @@ async fn build_rest(spec: &Spec, parts: Parts<'_>) -> Result<(Pipeline, Vec<Stri
         s.connect().await?;
         content_md5 = s.content_md5_hex();
         source = Some(Box::new(s));
+    } else if let (None, SourceSpec::Http { url, headers }) = (&source, &spec.source) {
+        let s = open_http(spec, url, headers).await?;
+        content_md5 = s.content_md5_hex();
+        source = Some(Box::new(s));
     }
     let raw_hit = parts.raw_check.is_some();
     let (mut observers, mut warnings) = match parts.raw_check {
@@ -1022,7 +1048,7 @@ pub async fn run(spec: &Spec, progress: Arc<Progress>) -> RunReport {
             let source = match &spec.source {
                 SourceSpec::File(p) => p.display().to_string(),
                 SourceSpec::Stdin => "-".into(),
-                SourceSpec::Http { url, .. } => url.clone(),
+                SourceSpec::Http { url, .. } => imgpipe_io::redact_url(url),
                 SourceSpec::Glance(g) => format!("glance:{}", g.image_id),
             };
             let outcome = imgpipe_core::RunOutcome {
