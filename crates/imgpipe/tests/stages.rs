@@ -176,6 +176,192 @@ fn unsafe_or_mismatched_images_are_rejected_before_anything_is_written() {
     }
 }
 
+/// What reached the sink, in order ("begin", "write", "finish", "abort").
+type SinkCalls = Arc<std::sync::Mutex<Vec<&'static str>>>;
+
+/// Wraps the real sink the spec built and records every call before passing it on. It
+/// observes; every call still goes to the real sink. (`Sink` is an `async_trait` trait; this
+/// crate has no `async-trait` dependency, so the methods are written in their expanded form.)
+struct CountingSink {
+    inner: Box<dyn imgpipe::core::Sink>,
+    calls: SinkCalls,
+}
+
+type SinkFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = imgpipe::Result<T>> + Send + 'a>>;
+
+impl imgpipe::core::Sink for CountingSink {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn begin<'s, 'i, 'f>(&'s mut self, info: &'i imgpipe::core::DiskInfo) -> SinkFuture<'f, ()>
+    where
+        's: 'f,
+        'i: 'f,
+        Self: 'f,
+    {
+        self.calls.lock().unwrap().push("begin");
+        self.inner.begin(info)
+    }
+    fn write<'s, 'f>(&'s mut self, extent: imgpipe::core::DiskExtent) -> SinkFuture<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        self.calls.lock().unwrap().push("write");
+        self.inner.write(extent)
+    }
+    fn finish<'f>(self: Box<Self>) -> SinkFuture<'f, imgpipe::core::SinkReport>
+    where
+        Self: 'f,
+    {
+        self.calls.lock().unwrap().push("finish");
+        self.inner.finish()
+    }
+    fn abort<'f>(self: Box<Self>) -> SinkFuture<'f, ()>
+    where
+        Self: 'f,
+    {
+        self.calls.lock().unwrap().push("abort");
+        self.inner.abort()
+    }
+}
+
+/// Build the spec's pipeline with the real stages, put a [`CountingSink`] around its sink, run.
+fn run_counting(spec: &Spec) -> (imgpipe::core::RunOutcome, Vec<&'static str>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (mut p, _warnings) = imgpipe::build(spec).await.unwrap();
+        let calls = SinkCalls::default();
+        let (stage, sink) = p.disk.take().expect("the spec has a sink");
+        p.disk = Some((
+            stage,
+            Box::new(CountingSink {
+                inner: sink,
+                calls: calls.clone(),
+            }),
+        ));
+        let out = p.run(Arc::new(Progress::default())).await;
+        let calls = calls.lock().unwrap().clone();
+        (out, calls)
+    })
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Images rejected at their header (a backing file, an external data file, a polyglot, a
+/// declared format that is not the detected one), each carrying megabytes of data after the
+/// header: through the real inspector, decoder and file sink, not one `begin` or `write`
+/// reaches the sink, the sink is aborted, and the sink's directory holds nothing new. The
+/// same harness on an accepted image and on one rejected at its last byte shows the wrapper
+/// does see the writes when there are any.
+#[test]
+fn nothing_reaches_the_sink_before_the_provisional_verdict() {
+    if !require("qemu-img") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (raw, data) = raw_image(dir.path(), 6 << 20);
+    let zeros = dir.path().join("zeros.raw");
+    std::fs::write(&zeros, vec![0u8; data.len()]).unwrap();
+    // Data in the image, the rest from a backing file (qemu-img writes what differs).
+    let backed = dir.path().join("backed.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-F", "raw", "-B"])
+        .arg(&zeros)
+        .arg(&raw)
+        .arg(&backed));
+    let datafile = dir.path().join("ext.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2", "-o"])
+        .arg(format!(
+            "data_file={},data_file_raw=on",
+            dir.path().join("ext.data").display()
+        ))
+        .arg(&raw)
+        .arg(&datafile));
+    let plain = dir.path().join("plain.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&plain));
+    // A qcow2 that also carries an MBR boot signature at 510: a polyglot.
+    let poly = dir.path().join("poly.qcow2");
+    let mut bytes = std::fs::read(&plain).unwrap();
+    bytes[510..512].copy_from_slice(&[0x55, 0xAA]);
+    std::fs::write(&poly, &bytes).unwrap();
+    assert!(
+        bytes.len() > 4 << 20,
+        "the images must carry data after the header"
+    );
+
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("disk.raw");
+    let cases: Vec<(&Path, Option<&str>, &str)> = vec![
+        (&backed, Some("qcow2"), "qcow2.backing_file"),
+        (&backed, None, "qcow2.backing_file"),
+        (&datafile, Some("qcow2"), "qcow2.data_file"),
+        (&poly, Some("qcow2"), "polyglot"),
+        (&poly, None, "polyglot"),
+        (&plain, Some("raw"), "policy.format_mismatch"),
+    ];
+    for (img, declared, check) in cases {
+        let mut spec = spec_for(img, &out);
+        spec.inspect.disk_format = declared.map(|d| d.parse().unwrap());
+        let (outcome, calls) = run_counting(&spec);
+        let err = outcome.result.unwrap_err();
+        assert!(err.kind().is_rejection(), "{}: {err}", img.display());
+        assert!(
+            err.to_string().contains(check),
+            "{} ({declared:?}): expected {check}, got {err}",
+            img.display()
+        );
+        assert_eq!(
+            calls,
+            vec!["abort"],
+            "{} ({declared:?}): the sink saw {calls:?} before the verdict {check}",
+            img.display()
+        );
+        assert!(
+            dir_entries(&out_dir).is_empty(),
+            "{:?}",
+            dir_entries(&out_dir)
+        );
+    }
+
+    // Control: the accepted image goes through the same wrapper with begin, writes, finish.
+    let mut spec = spec_for(&plain, &out);
+    spec.inspect.disk_format = Some(imgpipe::format::Format::Qcow2);
+    let (outcome, calls) = run_counting(&spec);
+    outcome.result.unwrap();
+    assert_eq!(calls.first(), Some(&"begin"), "{calls:?}");
+    assert_eq!(calls.last(), Some(&"finish"), "{calls:?}");
+    assert!(calls.iter().filter(|c| **c == "write").count() > 1);
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    std::fs::remove_file(&out).unwrap();
+    // Control: a verdict at the last byte (wrong digest) lets writes through, then aborts.
+    spec.verify
+        .digests
+        .push((imgpipe::hash::Algorithm::Sha256, "11".repeat(32)));
+    let (outcome, calls) = run_counting(&spec);
+    assert!(outcome.result.is_err());
+    assert_eq!(calls.first(), Some(&"begin"), "{calls:?}");
+    assert_eq!(calls.last(), Some(&"abort"), "{calls:?}");
+    assert!(
+        dir_entries(&out_dir).is_empty(),
+        "{:?}",
+        dir_entries(&out_dir)
+    );
+}
+
 #[test]
 fn luks1_output_opens_in_qemu_img_and_cryptsetup() {
     if !require("qemu-img") || !require("cryptsetup") {
