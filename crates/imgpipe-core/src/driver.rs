@@ -298,11 +298,23 @@ fn spawn_disk_stage(
     Ok(done)
 }
 
+/// The sink, shared with the driver so that it can still be aborted when a sink method
+/// panics (the lock is released while the panic unwinds the task).
+type SharedSink = Arc<tokio::sync::Mutex<Option<Box<dyn Sink>>>>;
+
 async fn sink_task(
-    mut sink: Box<dyn Sink>,
+    slot: SharedSink,
     mut rx: mpsc::Receiver<SinkOp>,
     shared: Arc<Shared>,
-) -> (Box<dyn Sink>, StageStats) {
+) -> StageStats {
+    let mut guard = slot.lock().await;
+    let Some(sink) = guard.as_mut() else {
+        return StageStats {
+            name: "sink".into(),
+            bytes: 0,
+            busy: Duration::ZERO,
+        };
+    };
     let name = format!("sink:{}", sink.describe());
     let mut stats = StageStats {
         name: name.clone(),
@@ -347,7 +359,7 @@ async fn sink_task(
             break;
         }
     }
-    (sink, stats)
+    stats
 }
 
 impl Pipeline {
@@ -399,7 +411,11 @@ impl Pipeline {
                 }
                 Err(e) => startup_error = Some(e),
             }
-            sink_join = Some(tokio::spawn(sink_task(sink, op_rx, shared.clone())));
+            let slot: SharedSink = Arc::new(tokio::sync::Mutex::new(Some(sink)));
+            sink_join = Some((
+                slot.clone(),
+                tokio::spawn(sink_task(slot, op_rx, shared.clone())),
+            ));
         }
         if let Some(e) = startup_error {
             shared.failures.record(e);
@@ -475,17 +491,16 @@ impl Pipeline {
             }
         }
         let mut sink = None;
-        if let Some(j) = sink_join {
+        if let Some((slot, j)) = sink_join {
             match j.await {
-                Ok((s, stats)) => {
-                    stages.push(stats);
-                    sink = Some(s);
-                }
+                Ok(stats) => stages.push(stats),
                 Err(e) => shared.failures.record(Error::new(
                     ErrorKind::Internal,
                     format!("the sink task failed: {e}"),
                 )),
             }
+            // Also after a panic: the sink is still there to be aborted.
+            sink = slot.lock().await.take();
         }
 
         let result = match shared.failures.take_first() {
