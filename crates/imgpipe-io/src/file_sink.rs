@@ -208,7 +208,8 @@ impl FileSink {
         if let Some(f) = &self.file {
             return Ok(f.clone());
         }
-        let anon = if self.try_tmpfile {
+        // The O_TMPFILE is named at publish through /proc/self/fd: without /proc, use a name.
+        let anon = if self.try_tmpfile && Path::new("/proc/self/fd").is_dir() {
             OpenOptions::new()
                 .write(true)
                 .mode(0o666)
