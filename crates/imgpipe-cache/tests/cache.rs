@@ -158,12 +158,9 @@ fn hit_reuses_the_requests_own_strong_hasher() {
     std::fs::write(&src, &data).unwrap();
     let cache = Cache::open(&cache_spec(&t.path().join("c"))).unwrap();
     let mut spec = file_spec(&src, None);
-    let sha512 = imgpipe::hash::Hasher::new(Algorithm::Sha512);
-    let mut h = sha512;
-    h.update(&data);
     spec.verify
         .digests
-        .push((Algorithm::Sha512, h.finish_hex()));
+        .push((Algorithm::Sha512, coreutils_sum("sha512", &data)));
     block_on(async {
         let r = run_cached(Some(&cache), &spec).await;
         assert!(r.published());
@@ -631,6 +628,26 @@ impl Rng {
     }
 }
 
+/// Fixed seed of the kill test's points (reproducible; change it to explore other points).
+const KILL_SEED: u64 = 0x5eed_0f_c0ffee_9;
+
+/// Files in `dir` whose name ends with `.{ext}`.
+fn with_ext(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.to_string_lossy().ends_with(&format!(".{ext}")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Crash safety: `kill -9` of 20 fills. 15 are stopped (SIGSTOP, confirmed by `waitpid`) once
+/// the partial file holds a point of the image chosen by a fixed-seed RNG; at that moment the
+/// test asserts the fill is in progress (`<id>.part` holds part of the image, no `<id>.data`,
+/// no sidecar), then kills it. 5 more are killed after delays spread over a whole run,
+/// publish included. After each: every complete entry verifies, and open + prune leave
+/// nothing else.
 #[test]
 fn kill_9_at_random_points_never_leaves_an_entry_that_verifies_wrongly() {
     let t = tempfile::tempdir().unwrap();
@@ -641,7 +658,7 @@ fn kill_9_at_random_points_never_leaves_an_entry_that_verifies_wrongly() {
     let cdir = t.path().join("c");
     let out = t.path().join("out");
     let go = t.path().join("go-unused");
-    // How long one fill takes here, to spread the kills over all of it (publish included).
+    // How long one fill takes here, to spread the delayed kills over all of it.
     let started = Instant::now();
     let o = child(
         "run",
@@ -656,23 +673,65 @@ fn kill_9_at_random_points_never_leaves_an_entry_that_verifies_wrongly() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
     let full = started.elapsed();
     std::fs::remove_file(&out).unwrap();
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    eprintln!("kill test: seed {seed:#x}, one fill takes {full:?}");
-    let mut rng = Rng(seed | 1);
-    let (mut published, mut stale, mut clean) = (0, 0, 0);
+    eprintln!("kill test: seed {KILL_SEED:#x}, one fill takes {full:?}");
+    let mut rng = Rng(KILL_SEED);
+    let (mut mid_fill, mut published, mut stale, mut clean) = (0, 0, 0, 0);
     for i in 0..20 {
         let _ = std::fs::remove_file(&out);
-        let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 * 6 / 5 + 1));
         let mut c = child("run", &cdir, src.to_str().unwrap(), &want, &out, &go)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
-        let _ = c.kill(); // SIGKILL
+        let pid = c.id() as libc::pid_t;
+        if i % 4 != 3 {
+            // At most 3/4 of the image: the tee writes in 4 MiB windows, and the last one
+            // lands only when the stream ends.
+            let target = data.len() as u64 * (1 + rng.next() % 12) / 16;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let reached = with_ext(&cdir, "part")
+                    .first()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .is_some_and(|m| m.len() >= target);
+                if reached {
+                    break;
+                }
+                assert!(
+                    c.try_wait().unwrap().is_none(),
+                    "iteration {i}: the fill ended before {target} bytes were teed"
+                );
+                assert!(Instant::now() < deadline, "iteration {i}: no progress");
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // SAFETY: pid is our own child, not yet reaped (waitpid with WUNTRACED reports
+            // the stop without reaping it; Child::wait reaps it below).
+            let stopped = unsafe {
+                let mut st = 0;
+                libc::kill(pid, libc::SIGSTOP) == 0
+                    && libc::waitpid(pid, &mut st, libc::WUNTRACED) == pid
+                    && libc::WIFSTOPPED(st)
+            };
+            assert!(stopped, "iteration {i}: the child did not stop");
+            // Every thread of the filler is stopped: this is the state the kill lands in.
+            let parts = with_ext(&cdir, "part");
+            assert_eq!(parts.len(), 1, "iteration {i}: {parts:?}");
+            let n = std::fs::metadata(&parts[0]).unwrap().len();
+            assert!(
+                n >= target && n < data.len() as u64,
+                "iteration {i}: {n} bytes teed, expected a part of {}",
+                data.len()
+            );
+            assert!(
+                with_ext(&cdir, "data").is_empty() && with_ext(&cdir, "json").is_empty(),
+                "iteration {i}: the entry was published before the kill"
+            );
+            mid_fill += 1;
+        } else {
+            let delay = Duration::from_micros(rng.next() % (full.as_micros() as u64 * 6 / 5 + 1));
+            std::thread::sleep(delay);
+        }
+        let _ = c.kill(); // SIGKILL (also ends a stopped process)
         let _ = c.wait();
         // Whatever was left: no complete entry may hold wrong bytes.
         let leftovers = std::fs::read_dir(&cdir).map(|d| d.count()).unwrap_or(0);
@@ -682,6 +741,12 @@ fn kill_9_at_random_points_never_leaves_an_entry_that_verifies_wrongly() {
             list.iter().all(|e| e.state == EntryState::Complete),
             "{list:?}"
         );
+        if i % 4 != 3 {
+            assert!(
+                list.is_empty(),
+                "iteration {i}: killed mid-fill, yet {list:?}"
+            );
+        }
         for e in &list {
             let v = block_on(cache.verify_entry(&e.id, false)).unwrap();
             assert!(
@@ -712,8 +777,13 @@ fn kill_9_at_random_points_never_leaves_an_entry_that_verifies_wrongly() {
         );
     }
     eprintln!(
-        "kill test: {published} killed after publishing, {stale} left partial files (pruned), \
-         {clean} before creating anything"
+        "kill test: {mid_fill} killed mid-fill (stopped and checked first), {published} killed \
+         after publishing, {stale} left partial files (pruned), {clean} before creating anything"
+    );
+    assert_eq!(mid_fill, 15);
+    assert!(
+        stale >= mid_fill,
+        "every mid-fill kill leaves a partial file to prune"
     );
     // A rerun succeeds.
     let o = child("run", &cdir, src.to_str().unwrap(), &want, &out, &go)

@@ -324,3 +324,42 @@ fn key_file_rules() {
         assert!(v.ok, "{v:?}");
     }
 }
+
+/// Past the in-pass tree's bounds (here 64 Ki + 1 partly covered 1 KiB chunks, a
+/// pathologically fragmented decoder output) the fill hashes its entry once after the run,
+/// records why in the sidecar (`raw.reread`), and the digest is the same keyed BLAKE3 an
+/// in-order fill of the same disk computes (and `verify` re-computes).
+#[test]
+fn raw_fill_falls_back_to_one_reread_past_the_tree_bounds() {
+    let t = tempfile::tempdir().unwrap();
+    let key = key_file(t.path());
+    let src = t.path().join("img.qcow2");
+    let chunks = (1usize << 16) + 1;
+    let len = (chunks * 1024) as u64;
+    // Only the first 512 bytes of every 1 KiB chunk are written (the rest is a hole), last
+    // chunk first, so no chunk is ever completed.
+    let bytes = image_bytes(chunks * 512, 91);
+    let mut disk = vec![0u8; chunks * 1024];
+    let mut scattered: Vec<(u64, Option<Bytes>, u64)> = Vec::with_capacity(chunks);
+    for (i, piece) in bytes.chunks(512).enumerate().rev() {
+        disk[i * 1024..i * 1024 + 512].copy_from_slice(piece);
+        scattered.push(((i * 1024) as u64, Some(Bytes::copy_from_slice(piece)), 512));
+    }
+    let cache = raw_cache(&t.path().join("scattered"), &key);
+    let sc = fill(&cache, &src, len, &scattered);
+    let rec = sc.raw.clone().unwrap();
+    assert!(
+        rec.reread.as_deref().is_some_and(|w| w.contains("1 KiB")),
+        "{rec:?}"
+    );
+    let entry = cache.dir().join(format!("{}.data", sc.id));
+    assert!(std::fs::read(&entry).unwrap() == disk, "entry bytes");
+    let v = block_on(cache.verify_entry(&sc.id, false)).unwrap();
+    assert!(v.ok, "{:?}", v.problems);
+    // The same disk filled in order is hashed in the pass, to the same digest.
+    let in_order = raw_cache(&t.path().join("in-order"), &key);
+    let sc2 = fill(&in_order, &src, len, &extents(&disk, 1 << 20, "forward"));
+    let rec2 = sc2.raw.unwrap();
+    assert_eq!(rec2.reread, None);
+    assert_eq!(rec2.keyed_blake3, rec.keyed_blake3);
+}

@@ -349,8 +349,8 @@ fn a_cache_dir_others_can_write_is_refused() {
 
 /// Item 10(c): in mode `original`, a hit of a run that expects no digest listed
 /// `digest.sha256` (and `size`) among the passed checks: the cache sidecar's own pins, which
-/// say nothing about the image. The digest is now under `hashes` only; the pins pass as
-/// `cache.sidecar_digest` and `cache.sidecar_size`, and a changed entry fails with that check.
+/// say nothing about the image. The digest is now under `hashes` only; the pins are not
+/// listed (`cache.hit` is), and a changed entry fails with check `cache.sidecar_digest`.
 #[test]
 fn a_hit_without_an_expected_digest_passes_no_digest_check() {
     let t = tempfile::tempdir().unwrap();
@@ -380,13 +380,7 @@ fn a_hit_without_an_expected_digest_passes_no_digest_check() {
     std::fs::remove_file(&out).unwrap();
     let r = run(&spec);
     unverified(&r);
-    for c in ["cache.sidecar_digest", "cache.sidecar_size", "cache.hit"] {
-        assert!(
-            r.passed.contains(&c.to_string()),
-            "{c} not in {:?}",
-            r.passed
-        );
-    }
+    assert_eq!(r.passed, ["cache.hit"]);
     assert_eq!(std::fs::read(&out).unwrap(), data);
     std::fs::remove_file(&out).unwrap();
 
@@ -419,4 +413,52 @@ fn a_hit_without_an_expected_digest_passes_no_digest_check() {
         assert_eq!(r.hashes["sha512"], sha512);
         std::fs::remove_file(&out).unwrap();
     }
+}
+
+/// An entry is only published pinned by a collision-resistant digest: a request that checks
+/// only a weak one (MD5, as a Glance record with only `checksum`) gets a SHA-256 computed in
+/// the same pass, recorded in the sidecar (equal to `sha256sum`'s) and pinned on the hit.
+#[test]
+fn a_fill_for_a_weak_digest_request_is_pinned_by_a_strong_one() {
+    let t = tempfile::tempdir().unwrap();
+    let data = image_bytes(1 << 20, 53);
+    let src = t.path().join("img.raw");
+    std::fs::write(&src, &data).unwrap();
+    let md5 = coreutils_digest("md5sum", &src);
+    let sha256 = coreutils_digest("sha256sum", &src);
+    let cdir = t.path().join("cache");
+    let out = t.path().join("disk.raw");
+    let mut spec = cached_spec(&src, &out, &cdir);
+    spec.verify.digests.push((Algorithm::Md5, md5));
+    let r = run(&spec);
+    assert_eq!(r.status, Status::Ok, "{:?}", r.reason);
+    assert!(
+        r.passed.contains(&"digest.md5".to_string()),
+        "{:?}",
+        r.passed
+    );
+    assert!(
+        r.passed.contains(&"cache.fill".to_string()),
+        "{:?}",
+        r.passed
+    );
+    let sc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry_path(&cdir, "json")).unwrap()).unwrap();
+    assert_eq!(sc["digests"]["sha256"], sha256.as_str(), "{sc}");
+    std::fs::remove_file(&out).unwrap();
+    // The hit is held to that SHA-256: a changed entry fails it.
+    let mut bad = data.clone();
+    bad[777] ^= 4;
+    std::fs::write(entry_path(&cdir, "data"), &bad).unwrap();
+    let r = run(&spec);
+    assert_eq!(r.status, Status::Rejected);
+    assert!(
+        matches!(
+            r.check.as_deref(),
+            Some("cache.sidecar_digest" | "digest.md5")
+        ),
+        "{:?}",
+        r.check
+    );
+    assert!(!out.exists());
 }

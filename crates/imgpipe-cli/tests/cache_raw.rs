@@ -48,10 +48,29 @@ fn image(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// The digest of `data` by coreutils `<algo>sum` (md5, sha1, sha224 … sha512): the outside
+/// reference, not imgpipe's own hasher.
+fn coreutils_sum(algo: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let tool = format!("{algo}sum");
+    let mut c = std::process::Command::new(&tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 fn sha512(data: &[u8]) -> String {
-    let mut h = imgpipe::hash::Hasher::new(imgpipe::hash::Algorithm::Sha512);
-    h.update(data);
-    h.finish_hex()
+    coreutils_sum("sha512", data)
 }
 
 fn sh(c: &mut Command) {
@@ -716,4 +735,81 @@ fn raw_mode_with_encryption_and_limits() {
         r.json
     );
     assert!(!d.join("enc3.raw").exists());
+}
+
+/// Runs the cache cannot serve say so and leave no entry: standard input (any mode), and in
+/// mode raw a run without a sink or with `format = "preserve"` (the entry would be the
+/// decoded disk, which such a run never produces).
+#[test]
+fn runs_the_cache_cannot_serve_are_not_cached_and_say_so() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let data = image(1 << 20, 57);
+    std::fs::write(d.join("img.raw"), &data).unwrap();
+    write_key(&d.join("cache.key"));
+    let digest = sha512(&data);
+    let verify = format!("[verify]\nsha512 = \"{digest}\"\n");
+    let no_entry = |what: &str, r: &Run, warning: &str| {
+        assert_eq!(r.code, 0, "{what}: {}", r.json);
+        assert!(
+            r.json["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w.as_str().unwrap().contains(warning)),
+            "{what}: {}",
+            r.json
+        );
+        assert!(
+            !r.passed().iter().any(|c| c.starts_with("cache.")),
+            "{what}: {}",
+            r.json
+        );
+        assert!(
+            entry_files(&d.join("cache"), "data").is_empty()
+                && entry_files(&d.join("cache"), "json").is_empty()
+                && entry_files(&d.join("cache"), "part").is_empty(),
+            "{what}: an entry was written"
+        );
+        assert_eq!(r.json["hashes"]["sha512"], digest.as_str(), "{what}");
+    };
+    let r = run(
+        d,
+        &format!("[source]\npath = \"img.raw\"\n{verify}{RAW_CACHE}"),
+    );
+    no_entry("raw mode, no sink", &r, "is not cached");
+    let r = run(
+        d,
+        &raw_spec(
+            "img.raw",
+            &format!("{verify}[convert]\nformat = \"preserve\"\n"),
+            "preserved.raw",
+        ),
+    );
+    no_entry("raw mode, preserve", &r, "is not cached");
+    assert_eq!(std::fs::read(d.join("preserved.raw")).unwrap(), data);
+
+    // Standard input, mode original.
+    let spec = d.join("stdin.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\npath = \"-\"\n{verify}[sink]\npath = \"from-stdin.raw\"\n\
+             [cache]\ndir = \"cache\"\n"
+        ),
+    )
+    .unwrap();
+    let out = imgpipe()
+        .current_dir(d)
+        .args(["run", "--json", "--progress", "never"])
+        .arg(&spec)
+        .stdin(std::fs::File::open(d.join("img.raw")).unwrap())
+        .output()
+        .unwrap();
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_slice(&out.stdout).unwrap(),
+    };
+    no_entry("standard input", &r, "standard input cannot be cached");
+    assert_eq!(std::fs::read(d.join("from-stdin.raw")).unwrap(), data);
 }

@@ -75,11 +75,25 @@ fn tool(cmd: &mut Command) -> Option<Vec<u8>> {
     }
 }
 
+/// The digest of `data` by coreutils `<algo>sum` (md5, sha1, sha224 … sha512): the outside
+/// reference, not imgpipe's own hasher.
 fn hexdigest(algo: &str, data: &[u8]) -> String {
-    let a: imgpipe::hash::Algorithm = algo.parse().unwrap();
-    let mut h = imgpipe::hash::Hasher::new(a);
-    h.update(data);
-    h.finish_hex()
+    use std::io::Write;
+    let tool = format!("{algo}sum");
+    let mut c = std::process::Command::new(&tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// A qcow2 with data at a few offsets (written by qemu-io) and its raw conversion (by
@@ -322,6 +336,158 @@ fn glance_source_end_to_end() {
     assert_ne!(r.code, 0);
     assert_eq!(r.json["check"], "glance.status", "{}", r.json);
     assert!(!out.exists());
+}
+
+/// Change an image record's `os_hash_value` behind Glance's API (which never lets it change):
+/// in the service's sqlite database, as a compromised or buggy Glance would serve it.
+fn set_os_hash_value(glance: &Service, id: &str, value: &str) -> Option<()> {
+    let db = glance.workdir.path().join("glance.sqlite");
+    tool(Command::new("sqlite3").arg(&db).arg(format!(
+        "UPDATE images SET os_hash_value = '{value}' WHERE id = '{id}';"
+    )))?;
+    let (st, _, body) = http("GET", &format!("{}/v2/images/{id}", glance.url), &[], &[]);
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        v["os_hash_value"], value,
+        "Glance does not serve the changed record"
+    );
+    Some(())
+}
+
+/// Cache hits from a Glance source apply the image record, as misses do: the record is fetched
+/// on every run, and a hit whose record now has another `os_hash_value`, or whose
+/// `img_signature` does not verify over the cached bytes, is rejected (exit 3) and publishes
+/// nothing; the entry itself still matches its sidecar and is kept, so the restored record
+/// hits again. Digests are compared with `sha512sum`.
+#[test]
+fn glance_cache_hits_apply_the_records_hash_and_signature() {
+    let Some(glance) = Service::start("glance", &[]) else {
+        return;
+    };
+    let Some(barbican) = Service::start("barbican", &[("IMGPIPE_BARBICAN_AUTH", "noauth")]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let Some((qcow2, raw)) = make_qcow2(d) else {
+        return;
+    };
+    let Some((key, cert_pem)) = make_rsa_cert(d) else {
+        return;
+    };
+    let Some(cert_uuid) = store_cert(&barbican.url, &cert_pem, d) else {
+        return;
+    };
+    let Some(signature) = sign_pss(d, &key, &qcow2) else {
+        return;
+    };
+    let Some(other_sig) = sign_pss(d, &key, b"not the image") else {
+        return;
+    };
+    let g = glance.url.as_str();
+    let id = add_image(g, "qcow2", &qcow2);
+    let sign = |sig: &str| {
+        patch_props(
+            g,
+            &id,
+            &[
+                ("img_signature", sig),
+                ("img_signature_hash_method", "SHA-256"),
+                ("img_signature_key_type", "RSA-PSS"),
+                ("img_signature_certificate_uuid", &cert_uuid),
+            ],
+        );
+    };
+    sign(&signature);
+    let sha512 = hexdigest("sha512", &qcow2);
+    let out = d.join("disk.raw");
+    let cache = d.join("cache");
+    let cached = format!(
+        "{}[cache]\ndir = \"{}\"\n",
+        spec(g, &id, Some(&barbican.url), &out),
+        cache.display()
+    );
+    let passed = |r: &Run| -> Vec<String> {
+        r.json["passed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let data_files = || {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "data")
+            })
+            .count()
+    };
+    let served = |what: &str, way: &str| {
+        let r = run_spec(d, &cached);
+        assert_eq!(r.code, 0, "{what}: {}\n{}", r.json, r.stderr);
+        let p = passed(&r);
+        for c in ["signature", "digest.sha512", way] {
+            assert!(p.contains(&c.to_string()), "{what}: {c} not in {p:?}");
+        }
+        assert_eq!(r.json["hashes"]["sha512"], sha512.as_str(), "{what}");
+        assert!(std::fs::read(&out).unwrap() == raw, "{what}: wrong disk");
+        std::fs::remove_file(&out).unwrap();
+        r
+    };
+    let rejected = |what: &str, kind: &str, check: &str| {
+        let r = run_spec(d, &cached);
+        assert_eq!(r.code, 3, "{what}: {}\n{}", r.json, r.stderr);
+        assert_eq!(r.json["kind"], kind, "{what}: {}", r.json);
+        assert_eq!(r.json["check"], check, "{what}: {}", r.json);
+        assert!(
+            r.json["source"].as_str().unwrap().starts_with("cache:"),
+            "{what}: not a hit: {}",
+            r.json
+        );
+        assert!(!out.exists(), "{what}: a rejected hit published the disk");
+        assert!(parts(d).is_empty(), "{what}");
+        assert_eq!(
+            data_files(),
+            1,
+            "{what}: the entry matches its sidecar and stays"
+        );
+    };
+
+    // Fill, then a hit: both verified against the record (Glance's sha512 and the signature).
+    let r = served("fill", "cache.fill");
+    assert!(!r.json["source"].as_str().unwrap().starts_with("cache:"));
+    let r = served("hit", "cache.hit");
+    assert!(
+        r.json["source"].as_str().unwrap().starts_with("cache:"),
+        "{}",
+        r.json
+    );
+
+    // The record's signature now signs other bytes: the hit is rejected.
+    sign(&other_sig);
+    rejected(
+        "signature of other bytes",
+        "bad_signature",
+        "signature.invalid",
+    );
+    sign(&signature);
+    served("signature restored", "cache.hit");
+
+    // The record's os_hash_value now names other bytes: the hit is rejected by that check.
+    let Some(()) = set_os_hash_value(&glance, &id, &hexdigest("sha512", b"other bytes")) else {
+        return;
+    };
+    rejected("another os_hash_value", "digest_mismatch", "digest.sha512");
+    let Some(()) = set_os_hash_value(&glance, &id, &sha512) else {
+        return;
+    };
+    served("os_hash_value restored", "cache.hit");
 }
 
 /// `imgpipe run` of a 1 GiB raw image from the real Glance vs `curl -o /dev/null` of the same

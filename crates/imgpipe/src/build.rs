@@ -465,10 +465,11 @@ pub async fn verification_pinned(
     if let Some(m) = header_md5 {
         hasher(&mut hashers, Algorithm::Md5).expect(&m, "the server's Content-MD5 header");
     }
-    // The pins check the entry against its own sidecar: reported as cache checks, never as
-    // `digest.*`/`size` (with no expectation of the request's, the image is unverified).
+    // The pins check the entry against its own sidecar: they fail as cache checks and are
+    // not listed as passed (`cache.hit` is), never as `digest.*`/`size` (with no expectation
+    // of the request's own, the image is unverified).
     if let Some(p) = pins {
-        hasher(&mut hashers, p.digest.0).expect_as(
+        hasher(&mut hashers, p.digest.0).pin(
             &p.digest.1,
             "the cache sidecar",
             "cache.sidecar_digest",
@@ -482,9 +483,11 @@ pub async fn verification_pinned(
         observers.push(Box::new(SizeObserver::new(size, "the spec")));
     }
     if let Some(p) = pins {
-        observers.push(Box::new(
-            SizeObserver::new(p.size, "the cache sidecar").with_check("cache.sidecar_size"),
-        ));
+        observers.push(Box::new(SizeObserver::pin(
+            p.size,
+            "the cache sidecar",
+            "cache.sidecar_size",
+        )));
     }
     Ok((observers, warnings))
 }

@@ -14,8 +14,8 @@ use crate::verdict::verdict_error;
 /// and, when given, the image signature over the same digest (no second hashing pass).
 pub struct HashObserver {
     hasher: Hasher,
-    /// (hex, origin, check name).
-    expected: Vec<(String, String, String)>,
+    /// (hex, origin, check name, listed among the passed checks).
+    expected: Vec<(String, String, String, bool)>,
     signature: Option<SignatureVerifier>,
 }
 
@@ -37,16 +37,25 @@ impl HashObserver {
     /// Also require the digest to equal `hex` (`origin` says where the value came from).
     pub fn expect(&mut self, hex: &str, origin: &str) {
         let check = format!("digest.{}", self.hasher.algorithm());
-        self.expect_as(hex, origin, &check);
+        self.expected.push((
+            hex.trim().to_ascii_lowercase(),
+            origin.to_string(),
+            check,
+            true,
+        ));
     }
 
-    /// [`Self::expect`] under another check name (a cache hit's sidecar pin is
-    /// `cache.sidecar_digest`: the entry's integrity, not a verification of the image).
-    pub fn expect_as(&mut self, hex: &str, origin: &str, check: &str) {
+    /// Require the digest to equal `hex` as an integrity pin, not a verification of the
+    /// image: a mismatch fails with check `check`, a match is not listed among the passed
+    /// checks (a cache hit's sidecar pin, `cache.sidecar_digest`: with no expectation of the
+    /// request's own, the image is as unverified as on the fill; `cache.hit` says the entry
+    /// matched).
+    pub fn pin(&mut self, hex: &str, origin: &str, check: &str) {
         self.expected.push((
             hex.trim().to_ascii_lowercase(),
             origin.to_string(),
             check.to_string(),
+            false,
         ));
     }
 
@@ -74,7 +83,7 @@ impl Observer for HashObserver {
             algorithm: algo.name().into(),
             hex: hex.clone(),
         }];
-        for (want, origin, check) in &self.expected {
+        for (want, origin, check, listed) in &self.expected {
             if !hash::hex_eq(want, &digest) {
                 return Err(Error::check(
                     ErrorKind::DigestMismatch,
@@ -82,9 +91,11 @@ impl Observer for HashObserver {
                     format!("{algo} of the image bytes is {hex}, but {origin} says {want}"),
                 ));
             }
-            out.push(Finding::Passed {
-                check: check.clone(),
-            });
+            if *listed {
+                out.push(Finding::Passed {
+                    check: check.clone(),
+                });
+            }
         }
         if let Some(v) = &self.signature {
             v.verify_digest(&digest).map_err(|e| {
@@ -111,6 +122,7 @@ pub struct SizeObserver {
     seen: u64,
     origin: String,
     check: String,
+    listed: bool,
 }
 
 impl SizeObserver {
@@ -121,13 +133,19 @@ impl SizeObserver {
             seen: 0,
             origin: origin.to_string(),
             check: "size".into(),
+            listed: true,
         }
     }
 
-    /// Report under another check name (a cache hit's sidecar size is `cache.sidecar_size`).
-    pub fn with_check(mut self, check: &str) -> Self {
-        self.check = check.to_string();
-        self
+    /// An integrity pin (a cache hit's sidecar size, `cache.sidecar_size`): a mismatch fails
+    /// with check `check`, a match is not listed among the passed checks (see
+    /// [`HashObserver::pin`]).
+    pub fn pin(expected: u64, origin: &str, check: &str) -> Self {
+        SizeObserver {
+            check: check.to_string(),
+            listed: false,
+            ..SizeObserver::new(expected, origin)
+        }
     }
 }
 
@@ -162,7 +180,11 @@ impl Observer for SizeObserver {
                 ),
             ));
         }
-        Ok(vec![Finding::Passed { check: self.check }])
+        Ok(if self.listed {
+            vec![Finding::Passed { check: self.check }]
+        } else {
+            vec![]
+        })
     }
 }
 

@@ -195,20 +195,30 @@ pub fn image_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-pub fn sha256_hex(b: &[u8]) -> String {
-    imgpipe::hash::Hasher::new(imgpipe::hash::Algorithm::Sha256)
-        .update_chain(b)
-        .finish_hex()
+/// The digest of `data` by coreutils `<algo>sum` (md5, sha1, sha224 … sha512): the outside
+/// reference, not imgpipe's own hasher.
+pub fn coreutils_sum(algo: &str, data: &[u8]) -> String {
+    use std::io::Write;
+    let tool = format!("{algo}sum");
+    let mut c = std::process::Command::new(&tool)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "{tool} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
-trait Chain {
-    fn update_chain(self, b: &[u8]) -> Self;
-}
-impl Chain for imgpipe::hash::Hasher {
-    fn update_chain(mut self, b: &[u8]) -> Self {
-        self.update(b);
-        self
-    }
+/// `sha256sum` of `b`.
+pub fn sha256_hex(b: &[u8]) -> String {
+    coreutils_sum("sha256", b)
 }
 
 pub fn file_spec(src: &Path, out: Option<&Path>) -> Spec {
