@@ -23,6 +23,10 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 command -v sgdisk >/dev/null || need+=(gdisk)
 command -v lvcreate >/dev/null || need+=(lvm2)
 command -v losetup >/dev/null || need+=(mount)
+# Block-sink tests: mkfs.ext4 (mounted-device refusals), mkswap/swapon, partx, fallocate.
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+{ command -v mkswap && command -v swapon && command -v partx && command -v fallocate; } >/dev/null \
+  || need+=(util-linux)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
