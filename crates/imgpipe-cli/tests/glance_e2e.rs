@@ -342,9 +342,22 @@ fn glance_source_end_to_end() {
 /// in the service's sqlite database, as a compromised or buggy Glance would serve it.
 fn set_os_hash_value(glance: &Service, id: &str, value: &str) -> Option<()> {
     let db = glance.workdir.path().join("glance.sqlite");
-    tool(Command::new("sqlite3").arg(&db).arg(format!(
-        "UPDATE images SET os_hash_value = '{value}' WHERE id = '{id}';"
-    )))?;
+    // Python's sqlite3 module (Python runs the services anyway): no sqlite3 CLI needed.
+    tool(
+        Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1])\n\
+                 n = c.execute('UPDATE images SET os_hash_value = ? WHERE id = ?', \
+                 (sys.argv[2], sys.argv[3])).rowcount\n\
+                 c.commit()\n\
+                 sys.exit(0 if n == 1 else 1)",
+            )
+            .arg(&db)
+            .arg(value)
+            .arg(id),
+    )?;
     let (st, _, body) = http("GET", &format!("{}/v2/images/{id}", glance.url), &[], &[]);
     assert_eq!(st, 200);
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
