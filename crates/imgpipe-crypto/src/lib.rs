@@ -19,3 +19,9 @@ pub mod luks;
 pub mod multihash;
 pub mod signature;
 pub mod xts;
+
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Fuzzing entry points, not API: the targets in `fuzz/` are one-line calls into these.
+    pub use crate::signature::fuzz::signature_inputs;
+}

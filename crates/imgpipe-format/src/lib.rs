@@ -10,6 +10,8 @@
 
 pub mod decode;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inspect;
 mod vhd_size;
 

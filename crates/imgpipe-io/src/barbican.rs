@@ -126,38 +126,7 @@ impl BarbicanClient {
         let meta_body = self
             .get(&meta_url, None, MAX_METADATA_BYTES, "secret metadata")
             .await?;
-        let meta: serde_json::Value = serde_json::from_slice(&meta_body).map_err(|e| {
-            unavailable(format!(
-                "secret metadata from {meta_url} is not valid JSON: {e}"
-            ))
-        })?;
-        let secret_type = meta.get("secret_type").and_then(|v| v.as_str());
-        if secret_type != Some("certificate") {
-            let seen = match meta.get("secret_type") {
-                None => "no secret_type field".to_string(),
-                Some(v) => format!("secret_type {}", printable(&v.to_string())),
-            };
-            return Err(Error::check(
-                ErrorKind::Certificate,
-                CHECK_SECRET_TYPE,
-                format!("Barbican secret {uuid} has {seen}; only \"certificate\" is accepted"),
-            ));
-        }
-        let content_type = meta
-            .get("content_types")
-            .and_then(|c| c.get("default"))
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| {
-                unavailable(format!(
-                    "Barbican secret {uuid} has no content_types.default: it holds no payload"
-                ))
-            })?;
-        let accept = content_type_header(content_type).ok_or_else(|| {
-            unavailable(format!(
-                "Barbican secret {uuid} has an unusable content_types.default {}",
-                printable(content_type)
-            ))
-        })?;
+        let accept = secret_accept_header(uuid, meta_url.as_str(), &meta_body)?;
 
         let payload_url = self.url_for(uuid, true)?;
         let payload = self
@@ -320,6 +289,55 @@ fn validate_uuid(uuid: &str) -> Result<()> {
             ),
         ))
     }
+}
+
+/// Read a secret's metadata document (fetched from `meta_url`): the secret must be a
+/// certificate, and its default content type becomes the payload request's `Accept` header.
+/// Pure (no I/O), so it is fuzzed.
+fn secret_accept_header(uuid: &str, meta_url: &str, body: &[u8]) -> Result<HeaderValue> {
+    let meta: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        unavailable(format!(
+            "secret metadata from {meta_url} is not valid JSON: {e}"
+        ))
+    })?;
+    let secret_type = meta.get("secret_type").and_then(|v| v.as_str());
+    if secret_type != Some("certificate") {
+        let seen = match meta.get("secret_type") {
+            None => "no secret_type field".to_string(),
+            Some(v) => format!("secret_type {}", printable(&v.to_string())),
+        };
+        return Err(Error::check(
+            ErrorKind::Certificate,
+            CHECK_SECRET_TYPE,
+            format!("Barbican secret {uuid} has {seen}; only \"certificate\" is accepted"),
+        ));
+    }
+    let content_type = meta
+        .get("content_types")
+        .and_then(|c| c.get("default"))
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| {
+            unavailable(format!(
+                "Barbican secret {uuid} has no content_types.default: it holds no payload"
+            ))
+        })?;
+    let accept = content_type_header(content_type).ok_or_else(|| {
+        unavailable(format!(
+            "Barbican secret {uuid} has an unusable content_types.default {}",
+            printable(content_type)
+        ))
+    })?;
+
+    Ok(accept)
+}
+
+/// Fuzzing: the pure readers of Barbican answers (secret metadata, error documents, the
+/// certificate id check) on `data`.
+#[doc(hidden)]
+pub fn fuzz_secret_metadata(data: &[u8]) {
+    let _ = secret_accept_header("00000000-0000-0000-0000-000000000000", "fuzz://", data);
+    let _ = describe_error_body(data);
+    let _ = validate_uuid(&String::from_utf8_lossy(data));
 }
 
 /// The `Accept` header for a content type named by the server, if it is a plausible media type.

@@ -216,6 +216,17 @@ impl GlanceImage {
     }
 }
 
+/// Fuzzing: the image record reader (for the id the seed records carry), its signature
+/// properties, and the image id check.
+#[doc(hidden)]
+pub fn fuzz_image_record(data: &[u8]) {
+    if let Ok(img) = GlanceImage::from_json("6d1b1b2e-7c5a-4c4e-9d7a-2f0a3e5b9c11", data) {
+        let _ = img.signature();
+        let _ = img.property("img_signature");
+    }
+    let _ = validate_image_id(&String::from_utf8_lossy(data));
+}
+
 /// A client for Glance's Images API v2.
 #[derive(Debug, Clone)]
 pub struct GlanceClient {

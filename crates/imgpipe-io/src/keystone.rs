@@ -265,10 +265,30 @@ impl PasswordAuth {
                     "the token document from {url} exceeds {MAX_TOKEN_DOCUMENT_BYTES} bytes"
                 ))
             })?;
-        let doc: serde_json::Value = serde_json::from_slice(&doc)
+        let catalog = parse_token_document(&doc)
             .map_err(|e| unavailable(format!("the token document from {url} is not JSON: {e}")))?;
-        Ok((token, Catalog::from_json(&doc)))
+        Ok((token, catalog))
     }
+}
+
+/// The service catalog of a token document (the body of `POST /v3/auth/tokens`). Pure.
+fn parse_token_document(doc: &[u8]) -> std::result::Result<Catalog, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(doc)?;
+    Ok(Catalog::from_json(&v))
+}
+
+/// Fuzzing: the token document reader and the endpoint lookups on its catalog.
+#[doc(hidden)]
+pub fn fuzz_token_document(data: &[u8]) {
+    if let Ok(c) = parse_token_document(data) {
+        for (ty, iface, region) in [
+            ("image", "public", None),
+            ("key-manager", "internal", Some("RegionOne")),
+        ] {
+            let _ = c.endpoint(ty, iface, region);
+        }
+    }
+    let _ = tokens_url(&String::from_utf8_lossy(data));
 }
 
 fn tokens_url(auth_url: &str) -> Result<reqwest::Url> {

@@ -9,6 +9,13 @@
 //!   syncs the directory; on abort the temporary file is removed and the target is untouched.
 
 pub mod barbican;
+#[doc(hidden)]
+pub mod fuzzing {
+    //! Fuzzing entry points, not API: the targets in `fuzz/` are one-line calls into these.
+    pub use crate::barbican::fuzz_secret_metadata;
+    pub use crate::glance::fuzz_image_record;
+    pub use crate::keystone::fuzz_token_document;
+}
 pub mod block;
 mod direct;
 mod file_sink;

@@ -40,6 +40,7 @@
 mod base64;
 mod chain;
 mod der;
+pub(crate) mod fuzz;
 
 use std::fmt;
 use std::time::SystemTime;

@@ -289,6 +289,11 @@ pub fn fuzz_one(data: &[u8]) {
     }
 }
 
+/// Fuzzing: the VMDK decoder's descriptor check (see [`crate::fuzzing`]).
+pub(crate) fn fuzz_vmdk_descriptor(text: &[u8], capacity: u64) -> Result<(), DecodeError> {
+    vmdk::check_descriptor(text, capacity)
+}
+
 /// Check the extent contract; return the disk when it is small (≤ 1 MiB).
 fn fuzz_check(extents: &[Extent], size: u64) -> Option<Vec<u8>> {
     let mut spans: Vec<(u64, u64, usize)> = extents

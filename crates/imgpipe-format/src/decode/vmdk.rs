@@ -698,6 +698,23 @@ impl Vmdk {
     }
 }
 
+/// Fuzzing: the decoder's descriptor check on `text` for a disk of `capacity` sectors.
+pub(crate) fn check_descriptor(text: &[u8], capacity: u64) -> Result<(), DecodeError> {
+    let v = Vmdk::new(&DecodeOptions::default());
+    let h = Header {
+        flags: 0,
+        capacity,
+        grain: 128,
+        gtes: 512,
+        rgd_offset: 0,
+        gd_offset: 0,
+        overhead: 0,
+        desc_offset: 1,
+        desc_size: 20,
+    };
+    v.parse_descriptor(&h, text)
+}
+
 impl Layout for Vmdk {
     const FORMAT: Format = F;
 

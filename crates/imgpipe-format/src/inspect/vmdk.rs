@@ -335,3 +335,13 @@ pub(crate) fn probe_text(ctx: &Ctx<'_>) -> Probe {
 fn is_text(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e)
 }
+
+/// Fuzzing: the names and whether-unsafe of the findings of the descriptor check on `text`.
+pub(crate) fn descriptor_findings(text: &[u8]) -> Vec<(&'static str, bool)> {
+    let mut f = Found::new(Format::Vmdk);
+    let _ = parse_descriptor(text, &mut f);
+    f.findings
+        .iter()
+        .map(|x| (x.check, x.class == super::probe::Class::Unsafe))
+        .collect()
+}
