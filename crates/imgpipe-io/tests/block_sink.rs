@@ -281,6 +281,54 @@ fn skip_leaves_zero_runs_alone_and_discard_zeroes_them_on_loop() {
     assert!(lo.read(3 * MIB, 4 * MIB as usize).iter().all(|&b| b == 0));
 }
 
+/// `Discard` on a device that cannot discard (a loop device over a ramfs file: no
+/// `fallocate`, so no discard and no write-zeroes) falls back to write-zeroes, says so in a
+/// warning, and the zero run still reads zeros over old data.
+#[test]
+fn discard_without_device_support_falls_back_to_write_zeroes_with_a_warning() {
+    let test = "discard_without_device_support_falls_back_to_write_zeroes_with_a_warning";
+    if !loop_available(test) {
+        return;
+    }
+    let Some(fs) = Tmpfs::ramfs(test) else {
+        return;
+    };
+    let backing = fs.path().join("dev.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(12 * MIB)
+        .unwrap();
+    let lo = Loop::attach_buffered(&backing);
+    let name = lo.dev.file_name().unwrap().to_string_lossy().into_owned();
+    let max = std::fs::read_to_string(format!("/sys/block/{name}/queue/discard_max_bytes"));
+    assert_eq!(max.unwrap().trim(), "0", "this loop device can discard");
+    lo.fill(DIRT);
+    let extents = vec![
+        data(2 * MIB, pseudo_random(13, 4096)),
+        zero(3 * MIB, 4 * MIB),
+        data(7 * MIB, pseudo_random(14, 4096)),
+    ];
+    let (report, warnings) = rt().block_on(async {
+        let mut sink = Box::new(BlockSink::open(&lo.dev, BlockZeroes::Discard).unwrap());
+        sink.begin(&DiskInfo::default()).await.unwrap();
+        for e in &extents {
+            sink.write(e.clone()).await.unwrap();
+        }
+        let warnings = sink.warnings();
+        (sink.finish().await.unwrap(), warnings)
+    });
+    assert_eq!(report.zero_policy, "write-zeroes");
+    assert_eq!(report.zero_bytes_written, 4 * MIB);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("does not support discard")),
+        "{warnings:?}"
+    );
+    let got = lo.read(0, lo.size() as usize);
+    assert_eq!(first_diff(&got, &expected(lo.size(), &extents)), None);
+}
+
 #[test]
 fn abort_at_the_end_wipes_the_first_mib_and_keeps_the_rest() {
     if !loop_available("abort_at_the_end_wipes_the_first_mib_and_keeps_the_rest") {

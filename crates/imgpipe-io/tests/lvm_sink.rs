@@ -249,6 +249,49 @@ fn recorded_create_write_finish_keeps_the_lv() {
     assert_eq!(lo.read(0, content.len()), content);
 }
 
+/// `abort` on an LV that existed before the run: its first MiB is wiped, and it is never
+/// removed (no `lvremove` step is recorded, so running one would fail the replay).
+#[test]
+fn recorded_abort_of_an_existing_lv_only_wipes_it() {
+    if !loop_available("recorded_abort_of_an_existing_lv_only_wipes_it") {
+        return;
+    }
+    let lo = Loop::new(8 * MIB);
+    lo.fill(0xA5);
+    let runner = Arc::new(RecordedRunner::new(vec![
+        step(LVS_CMD, CommandOutput::ok(LVS_DISK)),
+        step(LVS_CMD, CommandOutput::ok(LVS_DISK)),
+    ]));
+    let target = LvTarget::Existing {
+        vg: "imgtestvg".into(),
+        name: "inst_disk".into(),
+    };
+    let sink = LvmSink::open(Lvm::new(runner.clone()), target, BlockZeroes::WriteZeroes)
+        .unwrap()
+        .with_device_resolver(to_loop(lo.dev.clone()));
+    rt().block_on(async {
+        let mut sink = Box::new(sink);
+        sink.begin(&DiskInfo::default()).await.unwrap();
+        assert!(!sink.created());
+        sink.write(DiskExtent::Data {
+            offset: 0,
+            data: Bytes::from(vec![0x55; 2 * MIB as usize]),
+        })
+        .await
+        .unwrap();
+        sink.abort().await.unwrap();
+    });
+    assert_eq!(runner.remaining(), 0, "calls: {:?}", runner.calls());
+    assert_eq!(runner.calls().len(), 2, "calls: {:?}", runner.calls());
+    assert!(lo.read(0, HELD_BACK as usize).iter().all(|&b| b == 0));
+    // The rest of the LV keeps its old content (the 0x55 past the first MiB was still pending).
+    assert!(
+        lo.read(4 * MIB, 4 * MIB as usize)
+            .iter()
+            .all(|&b| b == 0xA5)
+    );
+}
+
 /// `finish` fails on an LV this run created (a body write fails: the LV stands in as a loop
 /// device over a file on a tmpfs that is full by then): the sink wipes the first MiB and then
 /// runs `lvremove -f vg/name`, in that order, and reports the write failure.

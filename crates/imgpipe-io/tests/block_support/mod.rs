@@ -51,8 +51,17 @@ impl Loop {
 
     /// Attach `file` with extra losetup arguments (`--offset`, `--sizelimit`).
     pub fn attach(file: &Path, extra: &[String]) -> Loop {
+        Self::attach_io(file, extra, "--direct-io=on")
+    }
+
+    /// Attach `file` without direct I/O (for filesystems without `O_DIRECT`, such as ramfs).
+    pub fn attach_buffered(file: &Path) -> Loop {
+        Self::attach_io(file, &[], "--direct-io=off")
+    }
+
+    fn attach_io(file: &Path, extra: &[String], dio: &str) -> Loop {
         let out = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
+            .args(["--find", "--show", dio])
             .args(extra)
             .arg(file)
             .output()
@@ -210,14 +219,24 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// `None` (after `skip_or_panic`) when mounting is not possible here.
     pub fn mount(test: &str, bytes: u64) -> Option<Tmpfs> {
+        Self::mount_type(test, "tmpfs", &format!("size={bytes}"))
+    }
+
+    /// A ramfs (no size limit, no `fallocate`: a loop device over a file in it supports
+    /// neither discard nor write-zeroes).
+    pub fn ramfs(test: &str) -> Option<Tmpfs> {
+        Self::mount_type(test, "ramfs", "mode=0700")
+    }
+
+    fn mount_type(test: &str, fstype: &str, options: &str) -> Option<Tmpfs> {
         let dir = tempfile::tempdir().unwrap();
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .args(["-t", fstype, "-o", options, fstype])
             .arg(dir.path())
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            skip_or_panic(test, "cannot mount a tmpfs");
+            skip_or_panic(test, &format!("cannot mount a {fstype}"));
             return None;
         }
         Some(Tmpfs { dir })
