@@ -8,6 +8,8 @@ fault part is a hand-written fault injector, the one fake in imgpipe's tests: a 
 cannot be made to cut, reset, stall or change an answer at a chosen byte.
 
   --drop-after N   close the connection after N body bytes of a response ...
+  --drop-step N    close the k-th response (k = 0, 1, ...) at image offset (k + 1) * N: every
+                   answer brings N new bytes, then is cut
   --drops K        ... on the first K responses (default: every response); also limits
                    --fault to the first K responses
   --no-ranges      ignore Range headers (answer 200 with the whole file)
@@ -72,6 +74,7 @@ ap.add_argument("--dir", required=True)
 ap.add_argument("--port", type=int, default=0)
 ap.add_argument("--drop-after", type=int, default=None)
 ap.add_argument("--drops", type=int, default=None)
+ap.add_argument("--drop-step", type=int, default=None)
 ap.add_argument("--no-ranges", action="store_true")
 ap.add_argument("--no-validators", action="store_true")
 ap.add_argument("--log", default=None)
@@ -238,6 +241,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if args.drops is None or state["drops"] < args.drops:
                     state["drops"] += 1
                     stop, how = start + args.drop_after, "fin"
+        if args.drop_step is not None:
+            stop, how = (index + 1) * args.drop_step, "fin"
         pos = start
         with open(path, "rb") as f:
             f.seek(start)
