@@ -59,3 +59,24 @@ fn fuzz_vmdk_descriptor_size_overflow() {
         assert!(r.is_err(), "header {off} {size} {gd} {overhead} accepted");
     }
 }
+
+/// Descriptors the inspector finds unsafe (a parent, a second extent) that the decoder
+/// accepted: keys and access words are case-insensitive to the inspector, and an extent line
+/// containing `=` was taken for a `key=value` line by the decoder. Found by the
+/// `vmdk_descriptor` fuzz target's invariant.
+#[test]
+fn fuzz_vmdk_descriptor_decoder_as_strict_as_inspector() {
+    for d in [
+        "createType=\"monolithicSparse\"\nRW 8 SPARSE \"a\"\nPARENTCID=1234abcd\n",
+        "createType=\"monolithicSparse\"\nRW 8 SPARSE \"a\"\nparentfilenamehint=\"b\"\n",
+        "createType=\"monolithicSparse\"\nRW 8 SPARSE \"a\"\nrw 8 SPARSE \"b\"\n",
+        "createType=\"monolithicSparse\"\nRW 8 SPARSE \"a\"\nRW 8 SPARSE \"b=c\"\n",
+    ] {
+        imgpipe_format::fuzzing::vmdk_descriptor(d.as_bytes());
+    }
+    // The harness still accepts a plain descriptor.
+    imgpipe_format::fuzzing::vmdk_descriptor(
+        b"# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n\
+          createType=\"monolithicSparse\"\nRW 8 SPARSE \"a.vmdk\"\n",
+    );
+}

@@ -218,26 +218,29 @@ impl Vmdk {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if let Some((k, v)) = line.split_once('=') {
-                let (k, v) = (k.trim(), v.trim().trim_matches('"'));
-                match k {
-                    "createType" => create_type = Some(v.to_string()),
-                    "parentCID" if !v.eq_ignore_ascii_case("ffffffff") => {
+            // Extent lines first (a quoted file name may contain `=`); keys and access words
+            // are case-insensitive, as the inspector reads them.
+            let mut tok = line.split_whitespace();
+            let Some(access) = tok.next() else { continue };
+            let is_extent = ["RW", "RDONLY", "NOACCESS"]
+                .iter()
+                .any(|a| access.eq_ignore_ascii_case(a));
+            if !is_extent {
+                if let Some((k, v)) = line.split_once('=') {
+                    let (k, v) = (k.trim(), v.trim().trim_matches('"'));
+                    if k.eq_ignore_ascii_case("createType") {
+                        create_type = Some(v.to_string());
+                    } else if k.eq_ignore_ascii_case("parentCID")
+                        && !v.eq_ignore_ascii_case("ffffffff")
+                    {
                         return Err(unsupported(
                             F,
                             format!("parent image (parentCID={v}); only standalone disks"),
                         ));
-                    }
-                    "parentFileNameHint" => {
+                    } else if k.eq_ignore_ascii_case("parentFileNameHint") {
                         return Err(unsupported(F, format!("parent image ({k}={v})")));
                     }
-                    _ => {}
                 }
-                continue;
-            }
-            let mut tok = line.split_whitespace();
-            let Some(access) = tok.next() else { continue };
-            if !["RW", "RDONLY", "NOACCESS"].contains(&access) {
                 continue;
             }
             extents += 1;

@@ -336,9 +336,11 @@ fn is_text(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e)
 }
 
-/// Fuzzing: the names and whether-unsafe of the findings of the descriptor check on `text`.
+/// Fuzzing: the names and whether-unsafe of the findings of the descriptor check on `text`;
+/// `text` is cut at its first NUL, as the probe does.
 pub(crate) fn descriptor_findings(text: &[u8]) -> Vec<(&'static str, bool)> {
     let mut f = Found::new(Format::Vmdk);
+    let text = text.split(|&b| b == 0).next().unwrap_or(&[]);
     let _ = parse_descriptor(text, &mut f);
     f.findings
         .iter()
