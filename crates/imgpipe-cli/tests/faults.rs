@@ -542,3 +542,37 @@ fn a_successful_report_redacts_the_url_as_plain_text() {
         }
     }
 }
+
+/// `imgpipe hash URL` and `imgpipe inspect URL` print the URL they read, on success and on
+/// failure, in text and JSON: never with its user info or query.
+#[test]
+fn hash_and_inspect_never_echo_url_secrets() {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("img.raw"), image(1 << 20)).unwrap();
+    let Some(srv) = Server::start(work.path(), &[]) else {
+        return;
+    };
+    let ok = srv.secret_url();
+    let missing = ok.replace("img.raw", "missing.raw");
+    for cmd in ["hash", "inspect"] {
+        for (url, code) in [(&ok, 0), (&missing, 1)] {
+            for json in [false, true] {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_imgpipe"));
+                c.arg(cmd);
+                if json {
+                    c.arg("--json");
+                }
+                let out = c.arg(url).output().unwrap();
+                let all = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(out.status.code(), Some(code), "{cmd} {json}: {all}");
+                for s in SECRETS {
+                    assert!(!all.contains(s), "{cmd} (json {json}): {s:?} in {all}");
+                }
+            }
+        }
+    }
+}
