@@ -89,7 +89,7 @@ pub async fn run(
             .virtual_size
             .map(|s| format!(", virtual size {s} bytes"))
             .unwrap_or_default();
-        outln!("{}: {}{sub}{vs}", input, v.format);
+        outln!("{}: {}{sub}{vs}", crate::shown(input), v.format);
         if v.is_safe() {
             outln!("safe: yes (decided after {} bytes)", v.bytes_examined);
         }

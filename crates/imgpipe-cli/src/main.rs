@@ -131,6 +131,14 @@ enum Command {
     },
 }
 
+/// An input as printed: a URL without its user info and query (see [`imgpipe::redact_url`]).
+pub(crate) fn shown(input: &str) -> String {
+    match source_of(input) {
+        SourceSpec::Http { url, .. } => imgpipe::redact_url(&url),
+        _ => input.to_string(),
+    }
+}
+
 pub(crate) fn source_of(input: &str) -> SourceSpec {
     if input == "-" {
         SourceSpec::Stdin
@@ -214,7 +222,7 @@ fn main() {
                     print_json(&report);
                 } else if report.status == Status::Ok {
                     for (a, h) in &report.hashes {
-                        outln!("{a}  {h}  {input}");
+                        outln!("{a}  {h}  {}", shown(&input));
                     }
                 } else {
                     errln!("imgpipe: {}", report.reason.as_deref().unwrap_or("failed"));

@@ -36,6 +36,7 @@ pub use imgpipe_core as core;
 pub use imgpipe_core::{Error, ErrorKind, Progress, Result};
 pub use imgpipe_crypto::hash;
 pub use imgpipe_format as format;
+pub use imgpipe_io::redact_url;
 pub use imgpipe_spec as spec;
 pub use imgpipe_spec::Spec;
 pub use observers::{HashObserver, InspectObserver, SizeObserver};
