@@ -121,11 +121,19 @@ fn qcow2_entry_into_a_later_l2_table_is_rejected() {
     let l1 = be64(&img, 40) as usize;
     let first = (be64(&img, l1) & 0x00ff_ffff_ffff_fe00) as usize;
     let second = be64(&img, l1 + 3 * 8) & 0x00ff_ffff_ffff_fe00;
-    assert!(second > first as u64 + 4096, "second L2 table after the first data");
+    assert!(
+        second > first as u64 + 4096,
+        "second L2 table after the first data"
+    );
     // Before the fix this decoded "fine": the second L2 table's bytes became guest data.
     let mut b = img.clone();
     b[first..first + 8].copy_from_slice(&(COPIED | second).to_be_bytes());
-    assert_rejected(Format::Qcow2, &b, "qcow2.l2_entry", "L2 entry -> later L2 table");
+    assert_rejected(
+        Format::Qcow2,
+        &b,
+        "qcow2.l2_entry",
+        "L2 entry -> later L2 table",
+    );
 }
 
 #[test]
@@ -134,10 +142,7 @@ fn vmdk_entries_into_metadata_are_rejected() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    for (name, opts) in [
-        ("a.vmdk", ""),
-        ("s.vmdk", "subformat=streamOptimized"),
-    ] {
+    for (name, opts) in [("a.vmdk", ""), ("s.vmdk", "subformat=streamOptimized")] {
         let img = make(dir.path(), "vmdk", name, opts, "1M", &["0 64k"]);
         assert!(decode(Format::Vmdk, &img, img.len()).is_ok());
         let gd = le64(&img, 56) as usize * 512;
@@ -197,4 +202,41 @@ fn vhd_entries_into_metadata_are_rejected() {
     let mut b = img.clone();
     b[dh + 16..dh + 24].copy_from_slice(&0u64.to_be_bytes());
     assert_rejected(Format::Vhd, &b, "vhd.block_table", "BAT -> footer copy");
+}
+
+#[test]
+fn vhdx_entries_into_metadata_are_rejected() {
+    if !have_qemu("vhdx_entries_into_metadata_are_rejected") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = make(dir.path(), "vhdx", "a.vhdx", "", "8M", &["0 64k"]);
+    assert!(decode(Format::Vhdx, &img, img.len()).is_ok());
+    // Region table at 192 KiB: find the BAT and metadata regions by GUID.
+    let rt = 192 * 1024;
+    let bat_guid = [
+        0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6, 0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e, 0x9b, 0xfd, 0x4a,
+        0x08,
+    ];
+    let (mut bat, mut meta) = (0usize, 0u64);
+    for i in 0..le32(&img, rt + 8) as usize {
+        let e = rt + 16 + i * 32;
+        if img[e..e + 16] == bat_guid {
+            bat = le64(&img, e + 16) as usize;
+        } else {
+            meta = le64(&img, e + 16);
+        }
+    }
+    assert!(bat > 0 && meta > 0);
+    let log = le64(&img, 64 * 1024 + 72);
+    assert_eq!(le64(&img, bat) & 7, 6, "block 0 is present");
+    for (what, off) in [
+        ("block -> log", log),
+        ("block -> BAT", bat as u64),
+        ("block -> metadata region", meta),
+    ] {
+        let mut b = img.clone();
+        b[bat..bat + 8].copy_from_slice(&(off | 6).to_le_bytes());
+        assert_rejected(Format::Vhdx, &b, "vhdx.bat_entry", what);
+    }
 }

@@ -10,7 +10,9 @@
 //! UNMAPPED read as zeros, FULLY_PRESENT blocks are data; PARTIALLY_PRESENT only exists in
 //! differencing disks and is refused.
 
-use super::engine::{Core, Layout, Tag, Want, field, limit, malformed, unsupported};
+use super::engine::{
+    Core, Layout, MetaRanges, Tag, Want, field, limit, malformed, rejected, unsupported,
+};
 use super::{DecodeError, DecodeOptions};
 use crate::Format;
 
@@ -102,6 +104,9 @@ pub(crate) struct Vhdx {
     bat: Option<Vec<u8>>,
     params: Option<Params>,
     mapped: bool,
+    /// File ranges of the header area (first MiB), log, metadata region and BAT: no payload
+    /// block may lie in them.
+    meta: MetaRanges,
 }
 
 impl Vhdx {
@@ -112,6 +117,7 @@ impl Vhdx {
             bat: None,
             params: None,
             mapped: false,
+            meta: MetaRanges::default(),
         }
     }
 
@@ -194,6 +200,14 @@ impl Vhdx {
                 "region table lacks the BAT or the metadata region",
             ));
         };
+        self.meta.add("the header area", 0, MIB);
+        self.meta.add(
+            "the log",
+            field::le64(&h, 72),
+            u64::from(field::le32(&h, 68)),
+        );
+        self.meta.add("the metadata region", mo, ml);
+        self.meta.add("the BAT region", bo, bl);
         core.want(mo, ml, Want::Meta(TAG_METADATA))?;
         core.want(bo, bl, Want::Meta(TAG_BAT))
     }
@@ -321,6 +335,17 @@ impl Vhdx {
                         return Err(malformed(
                             F,
                             format!("block {i} is FULLY_PRESENT at file offset 0"),
+                        ));
+                    }
+                    if let Some((what, s, e)) = self.meta.find(host, len) {
+                        return Err(rejected(
+                            F,
+                            "vhdx.bat_entry",
+                            format!(
+                                "block {i} at file offset {host:#x}..{:#x} overlaps {what} at \
+                                 {s:#x}..{e:#x}; BAT entries may only point at payload blocks",
+                                host.saturating_add(len)
+                            ),
                         ));
                     }
                     match run {
