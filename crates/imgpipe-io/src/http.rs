@@ -492,12 +492,13 @@ impl HttpSource {
         }
     }
 
-    fn deadline_error(&self, doing: &str) -> Error {
+    /// `when`: "passed while reading the body", "would pass before …".
+    fn deadline_error(&self, when: &str) -> Error {
         let d = self.opts.deadline.unwrap_or_default();
         self.fail(
             "http.deadline",
             format!(
-                "the overall deadline of {d:?} passed while {doing}, after {} and {}",
+                "the overall deadline of {d:?} {when}, after {} and {}",
                 self.progress_text(),
                 plural(self.resumes, "reconnection", "reconnections")
             ),
@@ -505,9 +506,11 @@ impl HttpSource {
     }
 
     /// Sleep before a retry, unless the deadline would pass first.
-    async fn pause(&self, delay: Duration, doing: &str) -> Result<()> {
+    async fn pause(&self, delay: Duration, before: &str) -> Result<()> {
         if self.remaining().is_some_and(|r| r <= delay) {
-            return Err(self.deadline_error(doing));
+            return Err(self.deadline_error(&format!(
+                "would pass before {before} (after a backoff of {delay:?})"
+            )));
         }
         tokio::time::sleep(delay).await;
         Ok(())
@@ -550,7 +553,7 @@ impl HttpSource {
             let resp = match tokio::time::timeout(limit, req.send()).await {
                 Err(_) if self.deadline_passed() => {
                     return Err(SendError::Fatal(
-                        self.deadline_error("waiting for an answer"),
+                        self.deadline_error("passed while waiting for an answer"),
                     ));
                 }
                 Err(_) => {
@@ -678,11 +681,11 @@ impl HttpSource {
         let mut last = String::new();
         for attempt in 0..tries {
             if attempt > 0 {
-                self.pause(self.backoff(attempt - 1), "waiting to retry a request")
+                self.pause(self.backoff(attempt - 1), "the next try of the request")
                     .await?;
             }
             if self.deadline_passed() {
-                return Err(self.deadline_error("sending a request"));
+                return Err(self.deadline_error("passed before a request could be sent"));
             }
             let ranged = from > 0 && !self.no_ranges;
             let resp = match self.send(from, ranged).await {
@@ -798,7 +801,7 @@ impl HttpSource {
         loop {
             if self.resp.is_none() {
                 if self.failures > 0 {
-                    self.pause(self.backoff(self.failures - 1), "waiting to resume")
+                    self.pause(self.backoff(self.failures - 1), "the next resume")
                         .await?;
                 }
                 self.request(self.received).await?;
@@ -835,7 +838,9 @@ impl HttpSource {
                         b = b.slice(drop as usize..);
                         if b.is_empty() {
                             if self.deadline_passed() {
-                                return Err(self.deadline_error("re-reading a restarted body"));
+                                return Err(
+                                    self.deadline_error("passed while re-reading a restarted body")
+                                );
                             }
                             continue;
                         }
@@ -867,7 +872,7 @@ impl HttpSource {
                     reqwest_error(e)
                 ),
                 Err(_) if self.deadline_passed() => {
-                    return Err(self.deadline_error("reading the body"));
+                    return Err(self.deadline_error("passed while reading the body"));
                 }
                 Err(_) => format!(
                     "no data for {limit:?} (stalled) after {}",
