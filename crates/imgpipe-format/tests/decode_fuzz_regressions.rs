@@ -80,3 +80,16 @@ fn fuzz_vmdk_descriptor_decoder_as_strict_as_inspector() {
           createType=\"monolithicSparse\"\nRW 8 SPARSE \"a.vmdk\"\n",
     );
 }
+
+/// The `vmdk_descriptor` harness over its committed seed corpus (`fuzz/corpus/vmdk_descriptor/`).
+#[test]
+fn vmdk_descriptor_seed_corpus_passes_the_harness() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/vmdk_descriptor");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        imgpipe_format::fuzzing::vmdk_descriptor(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 3, "seed corpus has only {n} files");
+}
