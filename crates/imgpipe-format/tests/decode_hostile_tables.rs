@@ -240,3 +240,22 @@ fn vhdx_entries_into_metadata_are_rejected() {
         assert_rejected(Format::Vhdx, &b, "vhdx.bat_entry", what);
     }
 }
+
+#[test]
+fn vdi_data_area_over_metadata_is_rejected() {
+    if !have_qemu("vdi_data_area_over_metadata_is_rejected") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = make(dir.path(), "vdi", "a.vdi", "", "4M", &["0 64k"]);
+    assert!(decode(Format::Vdi, &img, img.len()).is_ok());
+    let bmap = le32(&img, 340);
+    assert!(bmap >= 512);
+    // Data blocks starting on the block map: block 0 would be the map itself.
+    let mut b = img.clone();
+    b[344..348].copy_from_slice(&bmap.to_le_bytes());
+    assert_rejected(Format::Vdi, &b, "vdi.data_offset", "data area -> block map");
+    let mut b = img.clone();
+    b[340..344].copy_from_slice(&0u32.to_le_bytes());
+    assert_rejected(Format::Vdi, &b, "vdi.block_map", "block map -> header");
+}

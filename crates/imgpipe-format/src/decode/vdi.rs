@@ -3,7 +3,7 @@
 //! (version 1.1, sector-aligned map and data, 512-byte sectors, 1 MiB blocks, no link or parent
 //! UUID), plus the usual caps.
 
-use super::engine::{Core, Layout, Tag, Want, field, limit, malformed, unsupported};
+use super::engine::{Core, Layout, Tag, Want, field, limit, malformed, rejected, unsupported};
 use super::{DecodeError, DecodeOptions};
 use crate::Format;
 
@@ -89,6 +89,27 @@ impl Vdi {
                 format!(
                     "disk size {size} exceeds max_virtual_size {}",
                     self.max_virtual_size
+                ),
+            ));
+        }
+        // Header, block map, data blocks: in that order, apart. Blocks are found at
+        // `data + index * block size`, so a data area over the header or the block map would
+        // make them read metadata as guest data.
+        if bmap < 512 {
+            return Err(rejected(
+                F,
+                "vdi.block_map",
+                format!("block map at offset {bmap} overlaps the 512-byte header"),
+            ));
+        }
+        let bmap_end = bmap + blocks * 4;
+        if data < bmap_end {
+            return Err(rejected(
+                F,
+                "vdi.data_offset",
+                format!(
+                    "data blocks start at offset {data}, inside the header or the block map \
+                     ({bmap}..{bmap_end}); they must follow it"
                 ),
             ));
         }
