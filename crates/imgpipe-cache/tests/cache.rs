@@ -629,7 +629,7 @@ impl Rng {
 }
 
 /// Fixed seed of the kill test's points (reproducible; change it to explore other points).
-const KILL_SEED: u64 = 0x5eed_0f_c0ffee_9;
+const KILL_SEED: u64 = 0x0005_eed0_fc0f_fee9;
 
 /// Files in `dir` whose name ends with `.{ext}`.
 fn with_ext(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {

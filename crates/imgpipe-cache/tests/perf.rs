@@ -30,9 +30,7 @@ fn cold_and_warm_cost_of_the_cache() {
     let data = image_bytes(mib << 20, 31);
     let src = t.path().join("img.raw");
     std::fs::write(&src, &data).unwrap();
-    let mut h = imgpipe::hash::Hasher::new(Algorithm::Sha512);
-    h.update(&data);
-    let sha512 = h.finish_hex();
+    let sha512 = common::coreutils_sum("sha512", &data);
     drop(data);
     let out = t.path().join("disk.raw");
     // IMGPIPE_PERF_SINK=0: verify-only runs (the cache copy is then the only write).
