@@ -178,6 +178,15 @@ pub(crate) fn quarantine_odd(path: &Path) -> Result<Option<String>> {
     let done = match removed {
         Ok(()) => "removed".to_string(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "removed".to_string(),
+        // Replaced by a regular file meanwhile (a concurrent run quarantined it and created
+        // the lock file): nothing left to do, and that file must not be moved.
+        Err(_)
+            if std::fs::symlink_metadata(path)
+                .map(|m| m.is_file())
+                .unwrap_or(true) =>
+        {
+            "removed".to_string()
+        }
         Err(e) => {
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
