@@ -333,18 +333,38 @@ fn a_cache_dir_others_can_write_is_refused() {
     let r = run(&cached_spec(&src, &out, &cdir));
     assert_eq!(r.status, Status::Ok, "{:?}", r.reason);
     std::fs::remove_file(&out).unwrap();
+    // umask 0 in a child process (the umask is process-wide: changing it here would change
+    // the mode of every directory the tests running in parallel create).
     let fresh = t.path().join("fresh/deeper/cache");
-    // SAFETY: umask only changes this process's file-creation mask; restored below.
-    let old = unsafe { libc::umask(0) };
-    let r = run(&cached_spec(&src, &out, &fresh));
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    assert_eq!(r.status, Status::Ok, "{:?}", r.reason);
-    assert_eq!(
-        std::fs::metadata(&fresh).unwrap().mode() & 0o777,
-        0o755,
-        "created with umask 0"
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("umask 0 && exec \"$0\" --exact umask_child_entry --nocapture --test-threads=1")
+        .arg(std::env::current_exe().unwrap())
+        .env("SAFETY_FRESH_DIR", &fresh)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "Cache::open under umask 0 refused its own directory"
     );
+    for d in [&fresh, &t.path().join("fresh")] {
+        assert_eq!(
+            std::fs::metadata(d).unwrap().mode() & 0o777,
+            0o755,
+            "{} created with umask 0",
+            d.display()
+        );
+    }
+}
+
+/// Child entry point of the umask case (a no-op in a normal test run): open (creating) the
+/// cache directory `$SAFETY_FRESH_DIR`; the parent runs it with umask 0.
+#[test]
+fn umask_child_entry() {
+    let Ok(dir) = std::env::var("SAFETY_FRESH_DIR") else {
+        return;
+    };
+    Cache::open(&cache_spec(Path::new(&dir))).unwrap();
 }
 
 /// Item 10(c): in mode `original`, a hit of a run that expects no digest listed
