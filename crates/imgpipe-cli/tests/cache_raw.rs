@@ -813,3 +813,65 @@ fn runs_the_cache_cannot_serve_are_not_cached_and_say_so() {
     no_entry("standard input", &r, "standard input cannot be cached");
     assert_eq!(std::fs::read(d.join("from-stdin.raw")).unwrap(), data);
 }
+
+/// Through the binary: a cache directory others can write is refused by `imgpipe run` and by
+/// `imgpipe cache` alike (exit 2, check `cache.dir`, nothing published), and an entry file
+/// that is not a regular file is quarantined by `imgpipe cache prune` with a warning naming
+/// `cache.entry_file` on stderr.
+#[test]
+fn the_binary_refuses_an_open_cache_dir_and_reports_quarantine() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let data = image(1 << 20, 61);
+    std::fs::write(d.join("img.raw"), &data).unwrap();
+    let spec = format!(
+        "[source]\npath = \"img.raw\"\n[verify]\nsha512 = \"{}\"\n[sink]\npath = \"disk.raw\"\n\
+         [cache]\ndir = \"cache\"\n",
+        sha512(&data)
+    );
+    let r = run(d, &spec);
+    assert_eq!(r.code, 0, "{}", r.json);
+    std::fs::remove_file(d.join("disk.raw")).unwrap();
+    let cache = d.join("cache");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let r = run(d, &spec);
+    assert_eq!((r.code, r.check().as_str()), (2, "cache.dir"), "{}", r.json);
+    assert!(!d.join("disk.raw").exists());
+    for args in [&["list"][..], &["verify"], &["prune"], &["evict", "--all"]] {
+        let out = imgpipe()
+            .current_dir(d)
+            .args(["cache", "--dir", "cache"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "cache {args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("cache.dir"),
+            "cache {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(entry_files(&cache, "data").len(), 1, "nothing was removed");
+
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_file = entry_files(&cache, "data").remove(0);
+    std::fs::remove_file(entry_files(&cache, "json").remove(0)).unwrap();
+    std::fs::remove_file(&data_file).unwrap();
+    std::fs::create_dir(&data_file).unwrap();
+    let out = imgpipe()
+        .current_dir(d)
+        .args(["cache", "--dir", "cache", "prune"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cache.entry_file") && err.contains("a directory"),
+        "{err}"
+    );
+    assert!(!data_file.exists());
+    let r = run(d, &spec);
+    assert_eq!(r.code, 0, "{}", r.json);
+    assert!(r.passed().contains(&"cache.fill".to_string()), "{}", r.json);
+    assert_eq!(std::fs::read(d.join("disk.raw")).unwrap(), data);
+}
