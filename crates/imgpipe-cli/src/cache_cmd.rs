@@ -57,17 +57,17 @@ pub enum CacheAction {
 }
 
 fn usage(msg: impl std::fmt::Display) -> i32 {
-    eprintln!("imgpipe cache: {msg}");
+    errln!("imgpipe cache: {msg}");
     2
 }
 
 fn fail(e: imgpipe::Error) -> i32 {
-    eprintln!("imgpipe cache: {e}");
+    errln!("imgpipe cache: {e}");
     e.kind().exit_code()
 }
 
 fn print_json(v: &serde_json::Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
     );
@@ -115,7 +115,7 @@ pub async fn run(args: CacheArgs) -> i32 {
     };
     let code = run_on(cache.clone(), args).await;
     for w in cache.take_warnings() {
-        eprintln!("imgpipe cache: warning: {w}");
+        errln!("imgpipe cache: warning: {w}");
     }
     code
 }
@@ -144,9 +144,15 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                 return 0;
             }
             let total: u64 = list.iter().map(|e| e.bytes).sum();
-            println!(
+            outln!(
                 "{:<12}  {:<8}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  label",
-                "id", "state", "mode", "size", "format", "digests", "used"
+                "id",
+                "state",
+                "mode",
+                "size",
+                "format",
+                "digests",
+                "used"
             );
             for e in &list {
                 let state = match e.state {
@@ -155,7 +161,7 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                     EntryState::Stale => "stale",
                 };
                 let sc = e.sidecar.as_ref();
-                println!(
+                outln!(
                     "{:<12}  {:<8}  {:<8}  {:>10}  {:<6}  {:>9}  {:>6}  {}",
                     &e.id[..12],
                     state,
@@ -168,7 +174,7 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                     sc.map(|s| s.label.as_str()).unwrap_or("-"),
                 );
             }
-            println!("{} entries, {}", list.len(), human(total));
+            outln!("{} entries, {}", list.len(), human(total));
             0
         }
         CacheAction::Verify { ids, remove_bad } => {
@@ -195,16 +201,16 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                 for r in &results {
                     let label = r.label.as_deref().unwrap_or("-");
                     if r.ok {
-                        println!("ok    {}  {} ({})", &r.id[..12], label, human(r.bytes));
+                        outln!("ok    {}  {} ({})", &r.id[..12], label, human(r.bytes));
                     } else {
                         let removed = if r.removed { " (removed)" } else { "" };
-                        println!("BAD   {}  {}{removed}", &r.id[..12], label);
+                        outln!("BAD   {}  {}{removed}", &r.id[..12], label);
                         for p in &r.problems {
-                            println!("        {p}");
+                            outln!("        {p}");
                         }
                     }
                 }
-                println!("{} verified, {bad} bad", results.len());
+                outln!("{} verified, {bad} bad", results.len());
             }
             if bad > 0 { 3 } else { 0 }
         }
@@ -236,7 +242,7 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
             for id in &ids {
                 match cache.discard(id).await {
                     Ok(true) => removed.push((id.clone(), 0)),
-                    Ok(false) => eprintln!("imgpipe cache: no entry {id}"),
+                    Ok(false) => errln!("imgpipe cache: no entry {id}"),
                     Err(e) => return fail(e),
                 }
             }
@@ -264,13 +270,13 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                 }));
             } else {
                 for (id, n) in &removed {
-                    println!("removed {id} ({})", human(*n));
+                    outln!("removed {id} ({})", human(*n));
                 }
                 for id in &busy {
-                    println!("in use, kept {id}");
+                    outln!("in use, kept {id}");
                 }
                 if let Some(r) = &report {
-                    println!("{} left", human(r.remaining_bytes));
+                    outln!("{} left", human(r.remaining_bytes));
                 }
             }
             0
@@ -281,10 +287,10 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                     print_json(&serde_json::json!(r));
                 } else {
                     for id in &r.removed {
-                        println!("removed leftovers of {id}");
+                        outln!("removed leftovers of {id}");
                     }
                     for id in &r.in_progress {
-                        println!("fill in progress, kept {id}");
+                        outln!("fill in progress, kept {id}");
                     }
                 }
                 0

@@ -512,3 +512,33 @@ fn an_empty_trusted_certificate_list_trusts_nothing() {
         "{json}"
     );
 }
+
+/// `imgpipe cache … | head -c0`: the cache commands never panic on a closed stdout either.
+#[test]
+fn cache_commands_survive_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    for args in [vec!["list"], vec!["--json", "list"], vec!["verify"]] {
+        let mut child = imgpipe()
+            .arg("cache")
+            .arg("--dir")
+            .arg(&cache)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
