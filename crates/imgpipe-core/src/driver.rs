@@ -86,6 +86,11 @@ impl Progress {
     pub fn is_cancelled(&self) -> bool {
         *self.cancel.borrow()
     }
+    /// Resolves once cancellation is requested (at once if it already was).
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancel.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
 }
 
 /// Time and bytes spent in one stage.

@@ -276,9 +276,11 @@ pub(crate) fn map_decode(e: DecodeError) -> Error {
         DecodeError::Unsupported { .. } => ErrorKind::Unsupported,
         DecodeError::Limit { .. } => ErrorKind::LimitExceeded,
         DecodeError::Spill(_) => ErrorKind::Io,
+        DecodeError::Rejected { .. } => ErrorKind::InvalidImage,
         _ => ErrorKind::InvalidImage,
     };
-    Error::new(kind, e.to_string()).with_check("decode")
+    let check = e.check().unwrap_or("decode");
+    Error::new(kind, e.to_string()).with_check(check)
 }
 
 impl ImageToDisk {
