@@ -4,6 +4,9 @@
 //! decoded bytes and openssl for the signing certificates.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::coreutils_sum;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -46,27 +49,6 @@ fn image(len: usize, seed: u64) -> Vec<u8> {
         c.copy_from_slice(&b[..c.len()]);
     }
     v
-}
-
-/// The digest of `data` by coreutils `<algo>sum` (md5, sha1, sha224 … sha512): the outside
-/// reference, not imgpipe's own hasher.
-fn coreutils_sum(algo: &str, data: &[u8]) -> String {
-    use std::io::Write;
-    let tool = format!("{algo}sum");
-    let mut c = std::process::Command::new(&tool)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "{tool} failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 fn sha512(data: &[u8]) -> String {

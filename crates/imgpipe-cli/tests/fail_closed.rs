@@ -5,6 +5,8 @@
 //! for digests, `openssl` for keys, certificates and signatures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -30,13 +32,7 @@ fn image(len: usize, seed: u64) -> Vec<u8> {
 
 /// SHA-512 of a file by `sha512sum` (the outside reference).
 fn sha512sum(p: &Path) -> String {
-    let out = Command::new("sha512sum").arg(p).output().unwrap();
-    assert!(out.status.success(), "sha512sum {}", p.display());
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    common::coreutils_sum_file("sha512", p)
 }
 
 /// The directory's entries, sorted.
@@ -353,23 +349,10 @@ fn a_closed_stdout_or_stderr_does_not_panic_or_change_the_outcome() {
     // And with stderr captured, no panic message.
     let sink = d.join("disk0.raw");
     let _ = std::fs::remove_file(&sink);
-    let mut child = imgpipe()
-        .args(["run", "--json"])
-        .arg(d.join("s0.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let st = child.wait().unwrap();
-    assert_eq!(st.code(), Some(0), "{err}");
+    let mut cmd = imgpipe();
+    cmd.args(["run", "--json"]).arg(d.join("s0.toml"));
+    let (code, err) = with_stdout_closed(cmd);
+    assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
 
@@ -513,6 +496,25 @@ fn an_empty_trusted_certificate_list_trusts_nothing() {
     );
 }
 
+/// Run `cmd` with its stdout closed from the start (every write gets EPIPE); its exit code
+/// and stderr.
+fn with_stdout_closed(mut cmd: Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap().code(), err)
+}
+
 /// `imgpipe cache … | head -c0`: the cache commands never panic on a closed stdout either.
 #[test]
 fn cache_commands_survive_a_closed_stdout() {
@@ -520,25 +522,10 @@ fn cache_commands_survive_a_closed_stdout() {
     let cache = dir.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
     for args in [vec!["list"], vec!["--json", "list"], vec!["verify"]] {
-        let mut child = imgpipe()
-            .arg("cache")
-            .arg("--dir")
-            .arg(&cache)
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        let st = child.wait().unwrap();
-        assert_eq!(st.code(), Some(0), "{args:?}: {err}");
+        let mut cmd = imgpipe();
+        cmd.arg("cache").arg("--dir").arg(&cache).args(&args);
+        let (code, err) = with_stdout_closed(cmd);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }

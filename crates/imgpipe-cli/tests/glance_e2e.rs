@@ -18,6 +18,9 @@
 #[path = "../../imgpipe-io/tests/support/glance.rs"]
 mod support;
 
+mod common;
+use common::coreutils_sum;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -73,27 +76,6 @@ fn tool(cmd: &mut Command) -> Option<Vec<u8>> {
         Ok(o) => panic!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr)),
         Err(e) => skip(&format!("{cmd:?}: {e}")),
     }
-}
-
-/// The digest of `data` by coreutils `<algo>sum` (md5, sha1, sha224 … sha512): the outside
-/// reference, not imgpipe's own hasher.
-fn hexdigest(algo: &str, data: &[u8]) -> String {
-    use std::io::Write;
-    let tool = format!("{algo}sum");
-    let mut c = std::process::Command::new(&tool)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
-    c.stdin.take().unwrap().write_all(data).unwrap();
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "{tool} failed");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// A qcow2 with data at a few offsets (written by qemu-io) and its raw conversion (by
@@ -268,7 +250,7 @@ fn glance_source_end_to_end() {
     }
     assert_eq!(r.json["format"], "qcow2");
     assert_eq!(r.json["bytes_read"], qcow2.len() as u64);
-    assert_eq!(r.json["hashes"]["sha512"], hexdigest("sha512", &qcow2));
+    assert_eq!(r.json["hashes"]["sha512"], coreutils_sum("sha512", &qcow2));
     assert!(
         std::fs::read(&out).unwrap() == raw,
         "written disk differs from qemu-img's"
@@ -315,7 +297,7 @@ fn glance_source_end_to_end() {
     assert_eq!(r.code, 0, "{}\n{}", r.json, r.stderr);
     assert_eq!(r.json["resumes"], 3, "{}", r.json);
     assert!(r.json["resumes"].as_u64().unwrap() >= 2);
-    assert_eq!(r.json["hashes"]["sha512"], hexdigest("sha512", &data));
+    assert_eq!(r.json["hashes"]["sha512"], coreutils_sum("sha512", &data));
     assert!(std::fs::read(&out).unwrap() == data);
     let stats = proxy.stats(4);
     let down = stats["down_bytes"].as_u64().unwrap();
@@ -413,7 +395,7 @@ fn glance_cache_hits_apply_the_records_hash_and_signature() {
         );
     };
     sign(&signature);
-    let sha512 = hexdigest("sha512", &qcow2);
+    let sha512 = coreutils_sum("sha512", &qcow2);
     let out = d.join("disk.raw");
     let cache = d.join("cache");
     let cached = format!(
@@ -493,7 +475,7 @@ fn glance_cache_hits_apply_the_records_hash_and_signature() {
     served("signature restored", "cache.hit");
 
     // The record's os_hash_value now names other bytes: the hit is rejected by that check.
-    let Some(()) = set_os_hash_value(&glance, &id, &hexdigest("sha512", b"other bytes")) else {
+    let Some(()) = set_os_hash_value(&glance, &id, &coreutils_sum("sha512", b"other bytes")) else {
         return;
     };
     rejected("another os_hash_value", "digest_mismatch", "digest.sha512");
