@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python venv holding the real OpenStack libraries the tests use as
-# differential oracles: oslo.utils (format_inspector), cursive (image signatures), cryptography.
+# differential oracles: oslo.utils (format_inspector), cursive (image signatures), cryptography;
+# and maturin + pytest, which build and test the Python package (python/).
 # Usage: scripts/oracle-venv.sh [VENV_DIR]   (default: <repo>/.venv). Prints the python path.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"

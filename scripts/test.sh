@@ -64,6 +64,26 @@ if ! cargo test --workspace --locked $FEATURES 2>&1 | tee target/test-output.txt
 fi
 read -r passed failed < <(awk '/^test result: /{for(i=1;i<=NF;i++){if($i ~ /^passed;?$/)p+=$(i-1); if($i ~ /^failed;?$/)f+=$(i-1)}} END{print p+0, f+0}' target/test-output.txt)
 
+# 4b. Python package (python/): build the abi3 wheel with maturin, install it into the oracle
+# venv, run pytest. The wheel is built in the dev profile at the test profile's opt-level, so
+# the dependencies cargo test just compiled are reused (same fingerprints); only the extension
+# crate and the crates whose features differ (imgpipe, imgpipe-rbd: no librbd in the wheel)
+# compile here. --auditwheel skip: this wheel links the system OpenSSL and is only installed
+# on this machine.
+step "python package: maturin build + pytest"
+py_bin="$(dirname "$IMGPIPE_ORACLE_PYTHON")"
+rm -rf target/python-wheel
+py_t0=$(date +%s)
+CARGO_PROFILE_DEV_OPT_LEVEL=2 "$py_bin/maturin" build --locked --profile dev --strip \
+  --auditwheel skip \
+  --manifest-path python/Cargo.toml --interpreter "$IMGPIPE_ORACLE_PYTHON" --out target/python-wheel
+"$py_bin/pip" install -q --force-reinstall --no-deps target/python-wheel/imgpipe-*.whl
+echo "wheel built and installed in $(( $(date +%s) - py_t0 ))s"
+IMGPIPE_BIN="$repo/target/debug/imgpipe" "$IMGPIPE_ORACLE_PYTHON" -m pytest -q -p no:cacheprovider \
+  python/tests 2>&1 | tee target/pytest-output.txt
+read -r py_passed py_failed < <(awk '/ passed| failed/{for(i=1;i<=NF;i++){if($i ~ /^passed/)p=$(i-1); if($i ~ /^failed/)f=$(i-1)}} END{print p+0, f+0}' target/pytest-output.txt)
+passed=$(( passed + py_passed )); failed=$(( failed + py_failed ))
+
 # 5. Fuzz smoke ------------------------------------------------------------------------------
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 if [ "$FUZZ_SECONDS" != 0 ]; then
