@@ -238,6 +238,15 @@ def _outcome(out: tuple[Any, ...], from_dict: bool = False) -> Any:
     raise PipelineError(reason, report.kind, report.phase, report)
 
 
+def _check_hooks(progress: Any, cancel: Any) -> None:
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable, not {type(progress).__name__}")
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise TypeError(
+            f"cancel must have is_set() (a threading.Event), not {type(cancel).__name__}"
+        )
+
+
 def run(spec: SpecArg, *, progress: Optional[ProgressCallback] = None,
         cancel: Any = None) -> Report:
     """Run a spec: read the source once, check it, write the sink; return the ``Report``.
@@ -253,6 +262,7 @@ def run(spec: SpecArg, *, progress: Optional[ProgressCallback] = None,
     the run stops and ``Cancelled`` is raised. Raises ``SpecError``, ``ImageRejected``,
     ``PipelineError``; in every failing case nothing was published.
     """
+    _check_hooks(progress, cancel)
     text, is_path = _spec_arg(spec)
     out = _imgpipe.run_spec(text, is_path, os.getcwd(), "run", None, progress, cancel)
     return _outcome(out, isinstance(spec, Mapping))
@@ -263,6 +273,7 @@ def verify(spec: SpecArg, *, input: Optional[Union[str, "os.PathLike[str]"]] = N
     """Run only the checks of a spec (inspect, digests, size, signature): its ``sink``,
     ``encrypt`` and ``cache`` sections are dropped and nothing is written. ``input`` (a path,
     an http(s) URL or ``-``) replaces the spec's source. Same errors as ``run``."""
+    _check_hooks(progress, cancel)
     text, is_path = _spec_arg(spec)
     inp = None if input is None else os.fspath(input)
     out = _imgpipe.run_spec(text, is_path, os.getcwd(), "verify", inp, progress, cancel)
@@ -281,6 +292,7 @@ def inspect(path_or_url: Union[str, "os.PathLike[str]"], *, expect: Optional[str
     image is unsafe or not what was declared, ``SpecError`` for a bad argument,
     ``PipelineError`` when the bytes cannot be read.
     """
+    _check_hooks(progress, cancel)
     allow_list = None if allow is None else [str(f) for f in allow]
     if isinstance(allow, str):
         allow_list = [f.strip() for f in allow.split(",")]

@@ -6,6 +6,21 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Union
 from . import openstack as openstack
 from ._imgpipe import ProgressInfo as ProgressInfo
 
+__all__ = [
+    "Cancelled",
+    "ImageRejected",
+    "ImgpipeError",
+    "Inspection",
+    "PipelineError",
+    "ProgressInfo",
+    "Report",
+    "SpecError",
+    "StageReport",
+    "inspect",
+    "run",
+    "verify",
+]
+
 class _Event(Protocol):
     def is_set(self) -> bool: ...
 

@@ -1,7 +1,10 @@
 """Type stubs of the native module (python/src/lib.rs). Use the ``imgpipe`` package instead."""
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, final
 
+__all__ = ["ProgressInfo", "inspect", "run_spec"]
+
+@final
 class ProgressInfo:
     """The counters handed to a ``progress`` callback."""
 
@@ -23,7 +26,7 @@ class ProgressInfo:
 
 # ("spec", origin, [(path, line, message)]) | ("report", json, exit_status)
 # | ("inspection", json, 0) | ("error", message, 1)
-Outcome = tuple[Any, ...]
+_Outcome = tuple[Any, ...]
 
 def run_spec(
     spec: str,
@@ -33,7 +36,7 @@ def run_spec(
     input: Optional[str] = None,
     progress: Optional[Callable[[ProgressInfo], Any]] = None,
     cancel: Any = None,
-) -> Outcome: ...
+) -> _Outcome: ...
 def inspect(
     input: str,
     expect: Optional[str] = None,
@@ -41,4 +44,4 @@ def inspect(
     max_virtual_size: Optional[str] = None,
     progress: Optional[Callable[[ProgressInfo], Any]] = None,
     cancel: Any = None,
-) -> Outcome: ...
+) -> _Outcome: ...

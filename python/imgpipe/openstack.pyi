@@ -5,6 +5,8 @@ from typing import Any, Iterable, Mapping, Optional, Union
 
 from . import ProgressCallback, Report, _Event
 
+__all__ = ["fetch_to_raw", "spec_for"]
+
 _PathLike = Union[str, os.PathLike[str]]
 
 def spec_for(

@@ -119,6 +119,17 @@ def test_invalid_spec_dict_lists_every_problem(dirs):
     assert os.listdir(sink) == []
 
 
+def test_bad_hooks_are_refused_before_the_run(dirs, qcow2_image):
+    _, sink = dirs
+    img, _ = qcow2_image
+    spec = {"source": {"path": str(img)}, "sink": {"path": str(sink / "disk.raw")}}
+    with pytest.raises(TypeError, match="is_set"):
+        imgpipe.run(spec, cancel=object())
+    with pytest.raises(TypeError, match="callable"):
+        imgpipe.run(spec, progress=42)
+    assert os.listdir(sink) == []
+
+
 def test_spec_text_and_file_resolve_relative_paths_like_the_cli(dirs, qcow2_image, monkeypatch):
     images, sink = dirs
     img, expected = qcow2_image
