@@ -70,8 +70,10 @@ impl ProgressInfo {
 enum Outcome {
     /// The run ended (any status): its `--json` report and the CLI's exit status.
     Report(String, i32),
-    /// `inspect`: the CLI's `inspect --json` object, or an I/O failure message.
-    Inspection(std::result::Result<String, String>),
+    /// `inspect`: the CLI's `inspect --json` object (safe or not).
+    Inspection(String),
+    /// The job could not run (no runtime, unreadable input for `inspect`): why.
+    Failed(String),
 }
 
 /// A spec problem list as Python data: `("spec", origin, [(path, line, message), …])`.
@@ -129,17 +131,13 @@ fn parse_spec(spec: &str, is_path: bool, base: &Path) -> Result<Spec, SpecError>
     }
 }
 
-/// Why the waiting thread asked the run to stop, when a Python exception caused it.
-struct Interrupt {
-    err: PyErr,
-}
-
 /// Run `job` on a new thread with its own tokio runtime and wait for it with the GIL
 /// released, waking every [`TICK`] to report progress, poll `cancel` and run signal handlers.
 ///
 /// Returns the job's outcome, or the Python exception that stopped it (`KeyboardInterrupt`,
 /// an exception from `progress` or from `cancel.is_set()`), raised only after the job ended
-/// (so the sink was aborted before the exception reaches the caller).
+/// (so the sink was aborted before the exception reaches the caller). A job that cannot start
+/// or that panicked is an [`Outcome::Failed`] (raised as `imgpipe.PipelineError`).
 fn drive<F, Fut>(
     py: Python<'_>,
     progress_cb: Option<Bound<'_, PyAny>>,
@@ -153,7 +151,7 @@ where
     let progress = Arc::new(Progress::default());
     let (tx, mut rx) = mpsc::sync_channel::<Outcome>(1);
     let started = std::time::Instant::now();
-    let worker = {
+    let spawned = {
         let progress = progress.clone();
         std::thread::Builder::new()
             .name("imgpipe-run".into())
@@ -165,9 +163,9 @@ where
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Outcome::Inspection(Err(format!(
+                        let _ = tx.send(Outcome::Failed(format!(
                             "cannot start the tokio runtime: {e}"
-                        ))));
+                        )));
                         return;
                     }
                 };
@@ -176,10 +174,14 @@ where
                 drop(rt);
                 let _ = tx.send(out);
             })
-            .map_err(|e| PyRuntimeError::new_err(format!("cannot start the run thread: {e}")))?
+    };
+    let worker = match spawned {
+        Ok(w) => w,
+        Err(e) => return Ok(Outcome::Failed(format!("cannot start the run thread: {e}"))),
     };
 
-    let mut interrupt: Option<Interrupt> = None;
+    // The Python exception that made this thread cancel the run, raised once it ended.
+    let mut interrupt: Option<PyErr> = None;
     let mut cancelled = false;
     let outcome = loop {
         // The receiver is Send but not Sync: move it through the detached closure and back.
@@ -193,7 +195,7 @@ where
         // Signals first: Ctrl-C must work even when a callback misbehaves.
         if let Err(e) = py.check_signals() {
             if interrupt.is_none() {
-                interrupt = Some(Interrupt { err: e });
+                interrupt = Some(e);
             }
             // A second signal while the abort runs is dropped: the cleanup finishes first.
             progress.cancel();
@@ -207,7 +209,7 @@ where
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    interrupt = Some(Interrupt { err: e });
+                    interrupt = Some(e);
                     progress.cancel();
                     cancelled = true;
                 }
@@ -216,7 +218,7 @@ where
         if !cancelled && let Some(cb) = &progress_cb {
             let info = snapshot(&progress, started, false);
             if let Err(e) = Py::new(py, info).and_then(|i| cb.call1((i,))) {
-                interrupt = Some(Interrupt { err: e });
+                interrupt = Some(e);
                 progress.cancel();
                 cancelled = true;
             }
@@ -232,18 +234,14 @@ where
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            return Err(PyRuntimeError::new_err(format!(
-                "imgpipe: internal error: the run thread panicked ({what})"
-            )));
+            Outcome::Failed(format!("internal error: the run thread panicked ({what})"))
         }
         (None, Ok(())) => {
-            return Err(PyRuntimeError::new_err(
-                "imgpipe: internal error: the run thread ended without an outcome",
-            ));
+            Outcome::Failed("internal error: the run thread ended without an outcome".into())
         }
     };
-    if let Some(i) = interrupt {
-        return Err(i.err);
+    if let Some(e) = interrupt {
+        return Err(e);
     }
     if let Some(cb) = &progress_cb {
         let info = snapshot(&progress, started, true);
@@ -278,15 +276,15 @@ fn report_outcome(report: &RunReport) -> Outcome {
     match serde_json::to_string(report) {
         Ok(s) => Outcome::Report(s, report.exit_code()),
         // Serialising plain data cannot fail; if it ever does, say so instead of panicking.
-        Err(e) => Outcome::Inspection(Err(format!("cannot serialise the report: {e}"))),
+        Err(e) => Outcome::Failed(format!("cannot serialise the report: {e}")),
     }
 }
 
 fn outcome_to_py(py: Python<'_>, o: Outcome) -> PyResult<Py<PyAny>> {
     let t = match o {
         Outcome::Report(json, code) => ("report", json, code).into_pyobject(py)?.into_any(),
-        Outcome::Inspection(Ok(json)) => ("inspection", json, 0).into_pyobject(py)?.into_any(),
-        Outcome::Inspection(Err(msg)) => ("error", msg, 1).into_pyobject(py)?.into_any(),
+        Outcome::Inspection(json) => ("inspection", json, 0).into_pyobject(py)?.into_any(),
+        Outcome::Failed(msg) => ("error", msg, 1).into_pyobject(py)?.into_any(),
     };
     Ok(t.unbind())
 }
@@ -377,7 +375,10 @@ fn inspect(
         }
     }
     let out = drive(py, progress, cancel, move |p| async move {
-        Outcome::Inspection(inspect_job(&spec, p).await)
+        match inspect_job(&spec, p).await {
+            Ok(json) => Outcome::Inspection(json),
+            Err(msg) => Outcome::Failed(msg),
+        }
     })?;
     outcome_to_py(py, out)
 }

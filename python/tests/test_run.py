@@ -187,3 +187,58 @@ def test_inspect_reports_and_rejects(dirs, qcow2_image):
     with pytest.raises(imgpipe.PipelineError) as ei:
         imgpipe.inspect(images / "missing.qcow2")
     assert "missing.qcow2" in str(ei.value)
+
+
+def test_io_failure_is_a_pipeline_error_with_its_report(dirs):
+    _, sink = dirs
+    with pytest.raises(imgpipe.PipelineError) as ei:
+        imgpipe.run({"source": {"path": str(sink.parent / "no-such-image.qcow2")},
+                     "sink": {"path": str(sink / "disk.raw")}})
+    e = ei.value
+    assert not isinstance(e, imgpipe.Cancelled)
+    assert e.kind == "io" and e.phase == "before_streaming", e.report
+    assert "no-such-image.qcow2" in e.reason
+    assert e.report.status == "error" and e.report.bytes_read == 0
+    assert os.listdir(sink) == []
+
+
+def test_a_spec_problem_found_by_the_run_is_a_spec_error(dirs, monkeypatch):
+    """Exit status 2 from the run itself (an environment variable the spec names is unset)."""
+    _, sink = dirs
+    monkeypatch.delenv("IMGPIPE_PY_TEST_UNSET", raising=False)
+    with pytest.raises(imgpipe.SpecError) as ei:
+        imgpipe.run({"source": {"glance": {"endpoint": "http://127.0.0.1:9",
+                                           "image_id": "x",
+                                           "token_env": "IMGPIPE_PY_TEST_UNSET"}},
+                     "sink": {"path": str(sink / "disk.raw")}})
+    e = ei.value
+    assert e.report is not None and e.report.kind == "spec"
+    assert "IMGPIPE_PY_TEST_UNSET" in str(e)
+    assert os.listdir(sink) == []
+
+
+def test_two_runs_in_two_threads_at_once(dirs, qcow2_image):
+    """Each call has its own engine thread and runtime: concurrent calls neither share state
+    nor wait for each other's GIL."""
+    import threading
+
+    _, sink = dirs
+    img, expected = qcow2_image
+    results: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        try:
+            results[i] = imgpipe.run({"source": {"path": str(img)},
+                                      "sink": {"path": str(sink / f"disk{i}.raw")}})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            results[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i in range(3):
+        r = results[i]
+        assert isinstance(r, imgpipe.Report) and r.ok, r
+        assert files_equal(sink / f"disk{i}.raw", expected)
