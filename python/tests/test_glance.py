@@ -1,5 +1,6 @@
-"""imgpipe.openstack.fetch_to_raw against a real Glance and a real Barbican (from PyPI, started on
-127.0.0.1 by scripts/services/{glance,barbican}.sh, as the Rust end-to-end tests do).
+"""imgpipe.openstack.fetch_to_raw against a real Glance, Barbican and Keystone (from PyPI,
+started on 127.0.0.1 by scripts/services/{glance,barbican,keystone}.sh, as the Rust end-to-end
+tests do).
 
 Services missing -> skip, unless IMGPIPE_REQUIRE_ORACLES=1 (the test command), then fail.
 """
@@ -182,3 +183,71 @@ def test_signed_qcow2_from_glance_becomes_the_raw_disk(services, dirs, capfd):
 
     captured = capfd.readouterr()
     assert TOKEN not in captured.out and TOKEN not in captured.err
+
+
+@pytest.fixture(scope="module")
+def keystone():
+    ks = Service("keystone", {})
+    yield ks
+    ks.stop()
+
+
+def keystone_admin_token(ks: str) -> str:
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": "admin", "domain": {"name": "Default"}, "password": "secret"}}},
+        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
+    req = urllib.request.Request(f"{ks}/auth/tokens", data=json.dumps(body).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.headers["X-Subject-Token"]
+
+
+def register(ks: str, token: str, service_type: str, url: str) -> None:
+    def post(path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{ks}/{path}", data=json.dumps(body).encode(),
+                                     method="POST", headers={"Content-Type": "application/json",
+                                                             "X-Auth-Token": token})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read())
+
+    sid = post("services", {"service": {"type": service_type, "name": service_type}})
+    post("endpoints", {"endpoint": {"service_id": sid["service"]["id"], "interface": "public",
+                                    "region_id": "RegionOne", "url": url}})
+
+
+def test_keystone_login_finds_glance_and_barbican_in_the_catalog(services, keystone, dirs):
+    """What a driver with only service credentials does: log in, find the image and key
+    manager endpoints in the catalog, and verify a signed image with no signature settings."""
+    glance, barbican = services
+    images, sink = dirs
+    token = keystone_admin_token(keystone.url)
+    register(keystone.url, token, "image", glance.url)
+    register(keystone.url, token, "key-manager", barbican.url)
+
+    src = patterned_raw(images / "src.raw", 8 * MIB, seed=5)
+    qcow2 = images / "image.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(src), str(qcow2))
+    data = qcow2.read_bytes()
+    key, pem = signing_cert(images)
+    image_id = add_image(glance.url, "qcow2", data, {
+        "img_signature": sign_pss(images, key, data),
+        "img_signature_hash_method": "SHA-256",
+        "img_signature_key_type": "RSA-PSS",
+        "img_signature_certificate_uuid": store_cert(barbican.url, pem),
+    })
+    creds = {"auth_url": keystone.url, "username": "admin", "password": "secret",
+             "project_name": "admin"}
+    out = sink / "disk.raw"
+    report = fetch_to_raw(None, None, image_id, out, keystone=creds)
+    assert report.ok and "signature" in report.passed, report
+    expected = images / "expected.raw"
+    qemu_img("convert", "-f", "qcow2", "-O", "raw", str(qcow2), str(expected))
+    assert files_equal(out, expected)
+    assert not [k for k in os.environ if k.startswith("IMGPIPE_PY_")], "secret env var left"
+    out.unlink()
+
+    with pytest.raises(imgpipe.PipelineError) as ei:  # exit status 1, as the CLI
+        fetch_to_raw(None, None, image_id, out, keystone=dict(creds, password="wrong-pw-xyz"))
+    assert ei.value.report.check == "keystone.auth", ei.value.report
+    assert "wrong-pw-xyz" not in str(ei.value) and "wrong-pw-xyz" not in ei.value.report.reason
+    assert os.listdir(sink) == []
