@@ -19,13 +19,18 @@ def test_qcow2_becomes_the_raw_disk_qemu_img_makes(dirs, qcow2_image):
     img, expected = qcow2_image
     digest = sha512sum(img)
     out = sink / "disk.raw"
+    seen: list[imgpipe.ProgressInfo] = []
     report = imgpipe.run({
         "source": {"path": str(img)},
         "inspect": {"disk_format": "qcow2"},
         "verify": {"sha512": digest, "size": img.stat().st_size},
         "sink": {"path": str(out)},
-    })
+    }, progress=seen.append)
     assert isinstance(report, imgpipe.Report)
+    # However short the run, the last call reports the finished counters.
+    last = seen[-1]
+    assert last.stage == "done" and last.total == img.stat().st_size
+    assert last.bytes_read == img.stat().st_size and last.bytes_written == 24 * MIB
     assert report.ok and report.status == "ok"
     assert files_equal(out, expected), "imgpipe's raw disk differs from qemu-img convert -O raw"
     assert out.stat().st_size == expected.stat().st_size
