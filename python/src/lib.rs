@@ -21,11 +21,9 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use imgpipe::core::{DriverOptions, Pipeline};
 use imgpipe::format::Format;
-use imgpipe::format::inspect::Verdict;
 use imgpipe::spec::{SourceSpec, SpecError};
-use imgpipe::{InspectObserver, Progress, RunReport, Spec};
+use imgpipe::{Progress, RunReport, Spec};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
@@ -384,35 +382,10 @@ fn inspect(
 }
 
 async fn inspect_job(spec: &Spec, progress: Arc<Progress>) -> Result<String, String> {
-    let source = imgpipe::open_source(spec)
+    let v = imgpipe::inspect(spec, progress)
         .await
         .map_err(|e| e.to_string())?;
-    let obs = InspectObserver::new(imgpipe::inspector(spec, source.len_hint()), false);
-    let slot = obs.verdict.clone();
-    let outcome = Pipeline {
-        source,
-        observers: vec![Box::new(obs)],
-        disk: None,
-        options: DriverOptions::default(),
-    }
-    .run(progress)
-    .await;
-    outcome.result.map_err(|e| e.to_string())?;
-    let verdict: Option<Verdict> = slot.lock().ok().and_then(|mut g| g.take());
-    let v = verdict.ok_or_else(|| "the inspector gave no verdict".to_string())?;
-    let obj = serde_json::json!({
-        "format": v.format.name(),
-        "subformat": v.subformat,
-        "virtual_size": v.virtual_size,
-        "safe": v.is_safe(),
-        "violations": v.violations.iter().map(|x| serde_json::json!({
-            "check": x.check,
-            "message": x.message,
-        })).collect::<Vec<_>>(),
-        "bytes_examined": v.bytes_examined,
-        "partition_table": v.partition_table.map(|p| format!("{p:?}").to_ascii_lowercase()),
-    });
-    Ok(obj.to_string())
+    Ok(imgpipe::verdict_json(&v).to_string())
 }
 
 /// The native module; the public API is the `imgpipe` package around it.

@@ -2,10 +2,8 @@
 
 use std::sync::Arc;
 
-use imgpipe::core::{DriverOptions, Pipeline};
 use imgpipe::format::Format;
-use imgpipe::format::inspect::Verdict;
-use imgpipe::{InspectObserver, Progress, Spec};
+use imgpipe::{Progress, Spec};
 
 fn usage(msg: String) -> i32 {
     errln!("imgpipe inspect: {msg}");
@@ -43,45 +41,15 @@ pub async fn run(
             Err(err) => return usage(err),
         }
     }
-    let source = match imgpipe::open_source(&spec).await {
-        Ok(s) => s,
+    let v = match imgpipe::inspect(&spec, Arc::new(Progress::default())).await {
+        Ok(v) => v,
         Err(e) => {
             errln!("imgpipe inspect: {e}");
             return 1;
         }
     };
-    let obs = InspectObserver::new(imgpipe::inspector(&spec, source.len_hint()), false);
-    let slot = obs.verdict.clone();
-    let outcome = Pipeline {
-        source,
-        observers: vec![Box::new(obs)],
-        disk: None,
-        options: DriverOptions::default(),
-    }
-    .run(Arc::new(Progress::default()))
-    .await;
-    if let Err(e) = outcome.result {
-        errln!("imgpipe inspect: {e}");
-        return 1;
-    }
-    let verdict: Option<Verdict> = slot.lock().ok().and_then(|mut g| g.take());
-    let Some(v) = verdict else {
-        errln!("imgpipe inspect: the inspector gave no verdict");
-        return 1;
-    };
     if json {
-        let obj = serde_json::json!({
-            "format": v.format.name(),
-            "subformat": v.subformat,
-            "virtual_size": v.virtual_size,
-            "safe": v.is_safe(),
-            "violations": v.violations.iter().map(|x| serde_json::json!({
-                "check": x.check,
-                "message": x.message,
-            })).collect::<Vec<_>>(),
-            "bytes_examined": v.bytes_examined,
-            "partition_table": v.partition_table.map(|p| format!("{p:?}").to_ascii_lowercase()),
-        });
+        let obj = imgpipe::verdict_json(&v);
         outln!("{obj:#}");
     } else {
         let sub = v.subformat.map(|s| format!(" ({s})")).unwrap_or_default();

@@ -22,6 +22,7 @@
 
 mod build;
 mod disk;
+mod inspect;
 mod observers;
 mod report;
 mod verdict;
@@ -39,6 +40,7 @@ pub use imgpipe_format as format;
 pub use imgpipe_io::redact_url;
 pub use imgpipe_spec as spec;
 pub use imgpipe_spec::Spec;
+pub use inspect::{inspect, verdict_json};
 pub use observers::{HashObserver, InspectObserver, SizeObserver};
 pub use report::{RunReport, StageReport, Status};
 pub use verdict::verdict_error;
