@@ -250,16 +250,13 @@ where
 
 fn snapshot(p: &Progress, started: std::time::Instant, done: bool) -> ProgressInfo {
     let (bytes_read, total) = (p.bytes_read(), p.total());
+    // The engine's own phase; `cancelling` while a cancelled run aborts its sink.
     let stage = if done {
         "done"
     } else if p.is_cancelled() {
         "cancelling"
-    } else if bytes_read == 0 {
-        "preparing"
-    } else if total.is_some_and(|t| bytes_read >= t) {
-        "finishing"
     } else {
-        "streaming"
+        p.phase().name()
     };
     ProgressInfo {
         bytes_read,

@@ -56,9 +56,15 @@ struct Cli {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
 enum ProgressMode {
+    /// A progress bar when stderr is a terminal.
     Auto,
+    /// Always a progress bar.
     Always,
+    /// No progress output.
     Never,
+    /// One JSON object per line on stderr (`phase`, `bytes_read`, `bytes_written`, `total`,
+    /// `cancelled`): every second and at each phase change, the last with `"phase": "done"`.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -70,7 +76,7 @@ enum Command {
         /// Print one JSON report on stdout.
         #[arg(long)]
         json: bool,
-        /// Show a progress bar.
+        /// Progress on stderr: a bar (auto: on a terminal), or JSON lines for drivers and logs.
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
     },
@@ -274,11 +280,22 @@ async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunRe
     let progress = Arc::new(Progress::default());
     let show = match mode {
         ProgressMode::Always => true,
-        ProgressMode::Never => false,
+        ProgressMode::Never | ProgressMode::Json => false,
         ProgressMode::Auto => std::io::stderr().is_terminal(),
     };
     let _ = json;
     let signals = spawn_signal_watch(progress.clone());
+    let json_lines = (mode == ProgressMode::Json).then(|| {
+        let mut events = progress.events(Duration::from_secs(1));
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                match serde_json::to_string(&e) {
+                    Ok(line) => errln!("{line}"),
+                    Err(err) => errln!("imgpipe: cannot serialise progress: {err}"),
+                }
+            }
+        })
+    });
     let bar_task = show.then(|| {
         let pr = progress.clone();
         tokio::spawn(async move {
@@ -301,6 +318,10 @@ async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunRe
     });
     let mut report = imgpipe::run(spec, progress).await;
     signals.abort();
+    if let Some(t) = json_lines {
+        // The run is Done: the task prints the last line and ends.
+        let _ = t.await;
+    }
     if let Some((_, name)) = *CAUGHT.lock().unwrap_or_else(|e| e.into_inner())
         && report.status != Status::Ok
         && let Some(r) = report.reason.as_mut()

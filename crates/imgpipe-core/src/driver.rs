@@ -42,13 +42,57 @@ impl Default for DriverOptions {
     }
 }
 
-/// Live counters a caller can poll for progress while a run goes on, and the cancel switch.
+/// Where a run stands. Phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Phase {
+    /// Building the pipeline: record, keys, certificates, cache lookup, first request.
+    Preparing,
+    /// Bytes flow: read, inspected, hashed, decoded, encrypted, written.
+    Streaming,
+    /// Every byte was read: final verdicts, then the sink publishes (fsync, rename) or aborts.
+    Finishing,
+    /// The run has ended; its report is ready.
+    Done,
+}
+
+impl Phase {
+    /// The phase's name as reports and events spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Streaming => "streaming",
+            Phase::Finishing => "finishing",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// One progress snapshot: what [`Progress::events`] delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ProgressEvent {
+    /// Where the run stands.
+    pub phase: Phase,
+    /// Image bytes read from the source so far.
+    pub bytes_read: u64,
+    /// Bytes handed to the sink so far.
+    pub bytes_written: u64,
+    /// Expected total image bytes, if the source knows it.
+    pub total: Option<u64>,
+    /// Whether cancellation was requested.
+    pub cancelled: bool,
+}
+
+/// Live counters a caller can poll for progress while a run goes on, the run's [`Phase`], a
+/// stream of [`ProgressEvent`]s, and the cancel switch.
 #[derive(Debug)]
 pub struct Progress {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     total: AtomicU64,
     cancel: watch::Sender<bool>,
+    phase: watch::Sender<Phase>,
 }
 
 impl Default for Progress {
@@ -58,6 +102,7 @@ impl Default for Progress {
             bytes_written: AtomicU64::new(0),
             total: AtomicU64::new(u64::MAX),
             cancel: watch::Sender::new(false),
+            phase: watch::Sender::new(Phase::Preparing),
         }
     }
 }
@@ -85,6 +130,73 @@ impl Progress {
     /// Whether cancellation was requested.
     pub fn is_cancelled(&self) -> bool {
         *self.cancel.borrow()
+    }
+    /// Where the run stands.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+    /// Move the run to `phase` (the engine does this; a phase never moves backwards).
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.send_if_modified(|p| {
+            let later = phase > *p;
+            if later {
+                *p = phase;
+            }
+            later
+        });
+    }
+    /// The counters and the phase, now.
+    pub fn snapshot(&self) -> ProgressEvent {
+        ProgressEvent {
+            phase: self.phase(),
+            bytes_read: self.bytes_read(),
+            bytes_written: self.bytes_written(),
+            total: self.total(),
+            cancelled: self.is_cancelled(),
+        }
+    }
+    /// Progress as events: a snapshot whenever the phase changed (always delivered; changes in
+    /// quick succession may arrive as one) and every `every` in between (dropped when the
+    /// receiver lags), ending with the [`Phase::Done`] snapshot. Needs a tokio runtime; nothing on the data path waits for the receiver.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use imgpipe_core::{Phase, Progress};
+    /// let progress = Arc::new(Progress::default());
+    /// let mut events = progress.events(Duration::from_millis(100));
+    /// progress.set_phase(Phase::Done); // the engine does this at the end of a run
+    /// let mut last = None;
+    /// while let Some(e) = events.recv().await {
+    ///     last = Some(e.phase);
+    /// }
+    /// assert_eq!(last, Some(Phase::Done));
+    /// # }
+    /// ```
+    pub fn events(self: &Arc<Self>, every: Duration) -> tokio::sync::mpsc::Receiver<ProgressEvent> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let me = self.clone();
+        let mut phases = self.phase.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let changed = tokio::select! {
+                    r = phases.changed() => r.is_ok(),
+                    _ = tick.tick() => false,
+                };
+                let e = me.snapshot();
+                if changed || e.phase == Phase::Done {
+                    if tx.send(e).await.is_err() || e.phase == Phase::Done {
+                        return;
+                    }
+                } else if tx.try_send(e).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        rx
     }
     /// Resolves once cancellation is requested (at once if it already was).
     pub async fn cancelled(&self) {
@@ -434,6 +546,7 @@ impl Pipeline {
             busy: Duration::ZERO,
         };
         let mut cancel = progress.cancel.subscribe();
+        progress.set_phase(Phase::Streaming);
         while !shared.failures.any() {
             let t = Instant::now();
             let next = tokio::select! {
@@ -479,6 +592,7 @@ impl Pipeline {
             }
         }
         drop(senders);
+        progress.set_phase(Phase::Finishing);
         let resumes = source.resumes();
 
         let mut stages = vec![source_stats];

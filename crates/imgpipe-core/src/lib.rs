@@ -45,7 +45,7 @@ mod driver;
 mod error;
 mod stage;
 
-pub use driver::{DriverOptions, Pipeline, Progress, RunOutcome, StageStats};
+pub use driver::{DriverOptions, Phase, Pipeline, Progress, ProgressEvent, RunOutcome, StageStats};
 pub use error::{Error, ErrorKind, Result};
 pub use stage::{
     Chunk, DiskExtent, DiskInfo, DiskStage, Finding, Observer, Sink, SinkOp, SinkReport, Source,

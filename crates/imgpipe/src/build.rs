@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use imgpipe_core::{
-    DiskStage, DriverOptions, Error, ErrorKind, Finding, Observer, Pipeline, Progress, Result,
-    Sink, Source,
+    DiskStage, DriverOptions, Error, ErrorKind, Finding, Observer, Phase, Pipeline, Progress,
+    Result, Sink, Source,
 };
 use imgpipe_crypto::hash::Algorithm;
 use imgpipe_crypto::luks::{self, LuksParams, LuksVersion, Pbkdf};
@@ -1061,18 +1061,26 @@ pub async fn run(spec: &Spec, progress: Arc<Progress>) -> RunReport {
     let task = tokio::spawn(async move { run_here(&owned, progress).await });
     let joined = task.await;
     guard.armed = false;
-    match joined {
+    let report = match joined {
         Ok(report) => report,
         Err(e) => failed_before_streaming(
             spec,
             Error::new(ErrorKind::Internal, format!("the run failed: {e}")),
             started,
         ),
-    }
+    };
+    guard.progress.set_phase(Phase::Done);
+    report
 }
 
-/// [`run`] on the calling task.
+/// [`run`] on the calling task; the progress ends in [`Phase::Done`] whatever happens.
 async fn run_here(spec: &Spec, progress: Arc<Progress>) -> RunReport {
+    let report = run_phases(spec, progress.clone()).await;
+    progress.set_phase(Phase::Done);
+    report
+}
+
+async fn run_phases(spec: &Spec, progress: Arc<Progress>) -> RunReport {
     let started = std::time::Instant::now();
     let built = tokio::select! {
         b = build_cached(spec) => b,

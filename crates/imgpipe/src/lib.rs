@@ -34,7 +34,7 @@ pub use build::{
 pub use disk::{DiskOptions, Encryptor, ImageToDisk};
 pub use imgpipe_cache as cache;
 pub use imgpipe_core as core;
-pub use imgpipe_core::{Error, ErrorKind, Progress, Result};
+pub use imgpipe_core::{Error, ErrorKind, Phase, Progress, ProgressEvent, Result};
 pub use imgpipe_crypto::hash;
 pub use imgpipe_format as format;
 pub use imgpipe_io::redact_url;
