@@ -1,34 +1,39 @@
-//! Sources and sinks for imgpipe: the only crate that touches files, devices and the network.
+//! Sources, sinks and OpenStack clients for imgpipe: the only crate that touches files, devices
+//! and the network. Three groups, one module each:
 //!
-//! - [`ReaderSource`]: a local file or standard input, read by a dedicated thread in large
-//!   chunks so reading overlaps with hashing.
-//! - [`HttpSource`]: HTTP(S) with custom headers, redirects, retries with backoff, a stall
+//! - [`sources`]: where the image bytes come from. [`ReaderSource`] reads a local file or
+//!   standard input on a dedicated thread in large chunks, so reading overlaps with hashing;
+//!   [`HttpSource`] reads HTTP(S) with custom headers, redirects, retries with backoff, a stall
 //!   timeout, `Content-Length` checking and resume with `Range` after a dropped connection.
-//! - [`FileSink`]: writes a temporary file of its own beside the target (unnamed `O_TMPFILE`,
-//!   or a unique `O_EXCL` name), syncs, renames it over the target and
-//!   syncs the directory; on abort the temporary file is removed and the target is untouched.
+//! - [`sinks`]: where the disk goes. [`FileSink`] writes a temporary file of its own beside the
+//!   target (unnamed `O_TMPFILE`, or a unique `O_EXCL` name), syncs, renames it over the target
+//!   and syncs the directory; on abort the temporary file is removed and the target is
+//!   untouched. [`block`] writes an existing block device, [`lvm`] a logical volume;
+//!   [`SequentialWriter`] and [`PositionalWriter`] write the cache's `O_DIRECT` copies.
+//! - [`openstack`]: clients for [`keystone`] (token and service catalog), [`glance`] (image
+//!   record, and an [`HttpSource`] for its data) and [`barbican`] (signing certificates).
+//!
+//! The items other crates use are re-exported here, so `imgpipe_io::FileSink` and
+//! `imgpipe_io::glance::GlanceClient` name the same items as `imgpipe_io::sinks::FileSink` and
+//! `imgpipe_io::openstack::glance::GlanceClient`.
 
-pub mod barbican;
+pub mod openstack;
+pub mod sinks;
+pub mod sources;
+
+pub use openstack::{barbican, glance, keystone};
+pub use sinks::{FileSink, FileZeroes, PositionalWriter, SequentialWriter, block, lvm};
+pub use sources::{
+    HttpOptions, HttpSource, RESERVED_HEADERS, ReaderSource, is_reserved_header, redact_url,
+};
+
 #[doc(hidden)]
 pub mod fuzzing {
     //! Fuzzing entry points, not API: the targets in `fuzz/` are one-line calls into these.
-    pub use crate::barbican::fuzz_secret_metadata;
-    pub use crate::glance::fuzz_image_record;
-    pub use crate::keystone::fuzz_token_document;
+    pub use crate::openstack::barbican::fuzz_secret_metadata;
+    pub use crate::openstack::glance::fuzz_image_record;
+    pub use crate::openstack::keystone::fuzz_token_document;
 }
-pub mod block;
-mod direct;
-mod file_sink;
-pub mod glance;
-mod http;
-pub mod keystone;
-pub mod lvm;
-mod reader;
-
-pub use direct::{PositionalWriter, SequentialWriter};
-pub use file_sink::{FileSink, FileZeroes};
-pub use http::{HttpOptions, HttpSource, RESERVED_HEADERS, is_reserved_header, redact_url};
-pub use reader::ReaderSource;
 
 /// Default chunk size of sources: large enough that per-chunk overhead is noise, small enough
 /// that a few chunks in flight per stage keep memory low.

@@ -42,8 +42,9 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::keystone::{Catalog, PasswordAuth};
-use crate::{HttpOptions, HttpSource};
+use super::keystone::{Catalog, PasswordAuth, Token};
+use super::rest::{base_url, printable, read_capped};
+use crate::sources::{HttpOptions, HttpSource};
 
 /// Largest image record accepted (Glance caps properties at 128 by default, 255 chars each).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -300,7 +301,7 @@ impl GlanceClient {
         auth: &PasswordAuth,
         endpoint: Option<&str>,
         opts: HttpOptions,
-    ) -> Result<(Self, Catalog, crate::keystone::Token)> {
+    ) -> Result<(Self, Catalog, Token)> {
         let (token, catalog) = auth.token().await?;
         let ep = match endpoint {
             Some(e) => e.to_string(),
@@ -490,33 +491,6 @@ pub fn validate_image_id(id: &str) -> Result<()> {
     ))
 }
 
-/// An absolute http(s) URL without query, fragment or credentials.
-pub(crate) fn base_url(endpoint: &str, what: &str) -> Result<reqwest::Url> {
-    let bad = |why: String| {
-        Error::new(
-            ErrorKind::Spec,
-            format!("invalid {what} {}: {why}", printable(endpoint)),
-        )
-    };
-    let url = reqwest::Url::parse(endpoint).map_err(|e| bad(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "scheme {:?}; only http and https are allowed",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none() {
-        return Err(bad("no host".into()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("a query or fragment is not allowed".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("credentials in the URL are not allowed".into()));
-    }
-    Ok(url)
-}
-
 fn record_err(id: &str, what: String) -> Error {
     Error::check(
         ErrorKind::InvalidImage,
@@ -581,27 +555,6 @@ fn opt_hex(
 
 fn short(v: &Value) -> String {
     printable(&v.to_string()).chars().take(80).collect()
-}
-
-/// Read the body, `Ok(None)` if it is longer than `cap`.
-pub(crate) async fn read_capped(
-    resp: &mut reqwest::Response,
-    cap: usize,
-) -> std::result::Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if chunk.len() > cap.saturating_sub(body.len()) {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
-}
-
-/// `s` with control characters escaped and quoted, safe in a one-line message.
-fn printable(s: &str) -> String {
-    let t: String = s.chars().take(128).flat_map(char::escape_debug).collect();
-    format!("\"{t}\"")
 }
 
 #[cfg(test)]

@@ -13,14 +13,17 @@
 //! | `keystone.unavailable` | any other status, a network error, a timeout, an oversized or malformed answer |
 //!
 //! [`Catalog::endpoint`] returns `None` when a service is missing; callers turn that into an
-//! error naming what they looked for ([`crate::glance::GlanceClient::from_keystone`] uses the
-//! check `keystone.catalog`).
+//! error naming what they looked for
+//! ([`GlanceClient::from_keystone`](super::glance::GlanceClient::from_keystone) uses the check
+//! `keystone.catalog`).
 
 use std::fmt;
 use std::time::Duration;
 
 use imgpipe_core::{Error, ErrorKind, Result};
 use reqwest::StatusCode;
+
+use super::rest::{base_url, read_capped};
 
 /// Largest token document accepted (catalogs of big clouds are tens of KiB).
 pub const MAX_TOKEN_DOCUMENT_BYTES: usize = 4 << 20;
@@ -257,7 +260,7 @@ impl PasswordAuth {
                     "Keystone's answer from {url} has no usable X-Subject-Token header"
                 ))
             })?;
-        let doc = crate::glance::read_capped(&mut resp, MAX_TOKEN_DOCUMENT_BYTES)
+        let doc = read_capped(&mut resp, MAX_TOKEN_DOCUMENT_BYTES)
             .await
             .map_err(|e| unavailable(format!("reading the token from {url}: {}", chain(&e))))?
             .ok_or_else(|| {
@@ -292,7 +295,7 @@ pub fn fuzz_token_document(data: &[u8]) {
 }
 
 fn tokens_url(auth_url: &str) -> Result<reqwest::Url> {
-    let mut url = crate::glance::base_url(auth_url, "Keystone auth_url")?;
+    let mut url = base_url(auth_url, "Keystone auth_url")?;
     let mut path = url.path().trim_end_matches('/').to_string();
     if !path.ends_with("/v3") {
         path.push_str("/v3");

@@ -31,6 +31,8 @@ use openssl::x509::X509;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderValue};
 
+use super::rest::read_capped;
+
 /// Default limit for establishing a TCP/TLS connection to Barbican.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default limit for each whole request (connect, send, receive the full body).
@@ -350,21 +352,6 @@ fn content_type_header(ct: &str) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(ct).ok()
-}
-
-/// Read the body, `Ok(None)` if it is longer than `cap`.
-async fn read_capped(
-    resp: &mut reqwest::Response,
-    cap: usize,
-) -> std::result::Result<Option<Vec<u8>>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        if chunk.len() > cap.saturating_sub(body.len()) {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Some(body))
 }
 
 /// `: <description>` from a Barbican/OpenStack JSON error document, or a short text excerpt.

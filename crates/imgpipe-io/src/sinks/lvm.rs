@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use imgpipe_core::{DiskExtent, DiskInfo, Error, ErrorKind, Result, Sink, SinkReport};
 
-use crate::block::{BlockSink, BlockZeroes};
+use super::block::{BlockSink, BlockZeroes};
 
 /// What a command printed and how it ended.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -616,7 +616,7 @@ impl Sink for LvmSink {
                 let (vg, lv) = (vg.to_string(), lv.to_string());
                 Err(match blocking(move || lvm.remove(&vg, &lv)).await {
                     Ok(()) => e,
-                    Err(r) => crate::block::with_note(
+                    Err(r) => super::block::with_note(
                         e,
                         &format!("removing the logical volume {name} it created failed too: {r}"),
                     ),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use imgpipe_core::{DiskExtent, DiskInfo, Error, ErrorKind, Result, Sink, SinkReport};
 
-use crate::direct::{ALIGN, Window as Staging};
+use super::direct::{ALIGN, Window as Staging};
 
 /// Start write-back of this much dirty data at a time (buffered fallback only).
 const WRITE_BEHIND: u64 = 32 << 20;
