@@ -18,10 +18,12 @@
 //! ```
 //!
 //! The types are plain data with public fields, so a driver can also build a [`Spec`] in Rust
-//! without any file.
+//! without any file; [`Spec::validate`] then checks it by the same rules the parser applies
+//! (the parser builds the `Spec` and runs that same validation on it).
 
 mod read;
 mod tree;
+mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,7 +40,8 @@ pub use read::{parse_duration, parse_size};
 pub struct Problem {
     /// Dotted key path (`verify.sha512`, `sink`), empty for the document.
     pub path: String,
-    /// 1-based line.
+    /// 1-based line in the spec text; 0 when there is none (a spec built in code, or a file
+    /// that could not be read), and then it is not printed.
     pub line: usize,
     /// What is wrong, the value seen and what is allowed.
     pub message: String,
@@ -46,10 +49,13 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line != 0 {
+            write!(f, "line {}: ", self.line)?;
+        }
         if self.path.is_empty() {
-            write!(f, "line {}: {}", self.line, self.message)
+            write!(f, "{}", self.message)
         } else {
-            write!(f, "line {}: {}: {}", self.line, self.path, self.message)
+            write!(f, "{}: {}", self.path, self.message)
         }
     }
 }
@@ -365,6 +371,59 @@ impl Spec {
         }
     }
 
+    /// Check a spec by the rules the parser applies to a spec file, and report every problem
+    /// at once, with the same key paths and messages (and line 0: a spec built in code has
+    /// no lines). A parsed spec always passes; this is for a `Spec` built or changed in code,
+    /// and [`imgpipe::run`](../imgpipe/fn.run.html) calls it before it opens anything.
+    ///
+    /// What is checked is what can be wrong in a typed value: digests (hex, of the
+    /// algorithm's length), `max_virtual_size` and the retry timeouts (more than zero),
+    /// `attempts` (1..=1000), NUL bytes in any string or path, the URL scheme (http/https),
+    /// request headers (HTTP tokens, not reserved, no control characters in values), required
+    /// strings left empty (Glance `image_id`, Keystone credentials, signature properties
+    /// unless a Glance record supplies them, LVM and RBD names, the cache directory), exactly
+    /// one of `certificate` or `certificate_uuid` (the latter with a Barbican endpoint), the
+    /// encryption options, and `[encrypt]` without a sink or with `convert = preserve`.
+    /// Nothing is read from disk or network: whether a file exists is found out by the run.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use imgpipe_crypto::hash::Algorithm;
+    /// use imgpipe_spec::{SinkSpec, SinkTarget, SourceSpec, Spec};
+    ///
+    /// let mut spec = Spec::new(SourceSpec::File("/srv/image.raw".into()));
+    /// spec.sink = Some(SinkSpec { target: SinkTarget::File("/srv/disk.raw".into()), zeroes: None });
+    /// assert!(spec.validate().is_ok());
+    ///
+    /// spec.verify.digests.push((Algorithm::Sha512, "ab".into()));
+    /// spec.retry.stall_timeout = Duration::ZERO;
+    /// let e = spec.validate().unwrap_err();
+    /// let paths: Vec<&str> = e.problems.iter().map(|p| p.path.as_str()).collect();
+    /// assert_eq!(paths, ["source.retry.stall_timeout", "verify.sha512"]);
+    /// assert_eq!(
+    ///     e.problems[1].to_string(),
+    ///     "verify.sha512: expected 128 hex digits, found \"ab\" (2 characters)"
+    /// );
+    /// ```
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let problems: Vec<Problem> = validate::check(self, &validate::Holes::default())
+            .into_iter()
+            .map(|f| Problem {
+                path: f.path,
+                line: 0,
+                message: f.message,
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError {
+                origin: "<spec>".into(),
+                problems,
+            })
+        }
+    }
+
     /// Parse a TOML spec; relative paths are resolved against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<Spec, SpecError> {
         Self::parse(tree::from_toml(text), base)
@@ -442,17 +501,27 @@ impl Spec {
                 .collect())
         })?;
         let mut p = Problems::default();
+        let mut holes = validate::Holes::default();
         let spec = Reader {
             base,
             p: &mut p,
-            glance_source: false,
+            holes: &mut holes,
         }
         .spec(&root);
-        if p.0.is_empty() {
+        // The reader reported what the text got wrong (syntax, types, unknown keys, choices
+        // a `Spec` cannot express); the values are checked by the validation every `Spec`
+        // gets, each problem placed at the line of its key.
+        if let Some(s) = &spec {
+            for f in validate::check(s, &holes) {
+                let line = p.line_of(&f.at);
+                p.add(&f.path, line, f.message);
+            }
+        }
+        if p.list.is_empty() {
             spec.ok_or_else(|| err(vec![]))
         } else {
-            p.0.sort_by_key(|x| x.line);
-            Err(err(p.0))
+            p.list.sort_by_key(|x| x.line);
+            Err(err(p.list))
         }
     }
 }
@@ -486,57 +555,11 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
-/// `source.headers`: names are HTTP tokens and not reserved; values are visible ASCII, spaces
-/// and tabs (no CR, LF or NUL: they would split the request). Values are never shown.
-fn check_headers(t: &Table<'_>, headers: &[(String, String)], p: &mut Problems) {
-    let (path, line) = (t.path("headers"), t.line_of("headers"));
-    for (name, value) in headers {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if !token {
-            p.add(
-                &path,
-                line,
-                format!(
-                    "header name {name:?} is not an HTTP token (letters, digits and !#$%&'*+-.^_`|~)"
-                ),
-            );
-        } else if RESERVED_HEADERS
-            .iter()
-            .any(|r| r.eq_ignore_ascii_case(name))
-        {
-            p.add(
-                &path,
-                line,
-                format!(
-                    "header {name:?} may not be set: imgpipe sets or forbids it (reserved: {})",
-                    RESERVED_HEADERS.join(", ")
-                ),
-            );
-        }
-        if !value
-            .bytes()
-            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
-        {
-            p.add(
-                &path,
-                line,
-                format!(
-                    "the value of header {name:?} contains a control or non-ASCII character \
-                     (allowed: visible ASCII, spaces and tabs; the value is not shown)"
-                ),
-            );
-        }
-    }
-}
-
 struct Reader<'a> {
     base: &'a Path,
     p: &'a mut Problems,
-    /// The source is `[source.glance]`: signature properties may come from the image record.
-    glance_source: bool,
+    /// Values that could not be read and stand in as placeholders.
+    holes: &'a mut validate::Holes,
 }
 
 const TOP: &[&str] = &[
@@ -546,7 +569,9 @@ const TOP: &[&str] = &[
 impl Reader<'_> {
     fn path(&self, s: &str) -> PathBuf {
         let p = Path::new(s);
-        if p.is_absolute() {
+        // A path with a NUL byte is refused by the validation; left as written, its message
+        // counts the characters the spec holds.
+        if p.is_absolute() || s.contains('\0') {
             p.to_path_buf()
         } else {
             self.base.join(p)
@@ -556,11 +581,7 @@ impl Reader<'_> {
     fn spec(&mut self, root: &tree::Node) -> Option<Spec> {
         let mut t = Table::root(root, self.p)?;
         let (source, retry) = match t.table("source", self.p) {
-            Some(s) => {
-                let r = self.source(s);
-                self.glance_source = matches!(r.0, Some(SourceSpec::Glance(_)));
-                r
-            }
+            Some(s) => self.source(s),
             None => {
                 if !t.has("source") {
                     self.p.add(
@@ -587,23 +608,11 @@ impl Reader<'_> {
         let encrypt = t.table("encrypt", self.p).and_then(|s| self.encrypt(s));
         let sink = t.table("sink", self.p).and_then(|s| self.sink(s));
         let cache = t.table("cache", self.p).and_then(|s| self.cache(s));
-        if encrypt.is_some() && sink.is_none() {
-            self.p.add(
-                "encrypt",
-                t.line_of("encrypt"),
-                "[encrypt] needs a [sink] to write to",
-            );
-        }
-        if encrypt.is_some() && convert == ConvertFormat::Preserve {
-            self.p.add(
-                "convert.format",
-                t.line_of("convert"),
-                "format = \"preserve\" cannot be combined with [encrypt] (encryption works on the decoded raw disk)",
-            );
-        }
         t.finish(self.p, TOP);
         Some(Spec {
-            source: source?,
+            // A missing or ambiguous source was reported; stdin stands in so that the rest of
+            // the spec is still checked (it has nothing to check of its own).
+            source: source.unwrap_or(SourceSpec::Stdin),
             retry,
             inspect,
             verify,
@@ -636,9 +645,6 @@ impl Reader<'_> {
                 format!("exactly one of path, url or [source.glance] is needed, found {count}"),
             );
         }
-        if let Some(h) = &headers {
-            check_headers(&t, h, p);
-        }
         if headers.is_some() && url.is_none() {
             p.add(
                 &t.path("headers"),
@@ -649,17 +655,6 @@ impl Reader<'_> {
         let src = if let Some(g) = glance {
             self.glance(g).map(SourceSpec::Glance)
         } else if let Some(u) = url {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
-                self.p.add(
-                    &t.path("url"),
-                    t.line_of("url"),
-                    format!(
-                        "url must start with http:// or https://, found {:?} (the rest of the \
-                         url is not shown)",
-                        u.split_once(':').map_or("", |(scheme, _)| scheme)
-                    ),
-                );
-            }
             Some(SourceSpec::Http {
                 url: u,
                 headers: headers.unwrap_or_default(),
@@ -680,41 +675,17 @@ impl Reader<'_> {
     fn retry(&mut self, mut t: Table<'_>) -> RetrySpec {
         let p = &mut *self.p;
         let mut r = RetrySpec::default();
-        if let Some(a) = t.uint("attempts", p) {
-            if a == 0 || a > 1000 {
-                p.add(
-                    &t.path("attempts"),
-                    t.line_of("attempts"),
-                    format!("attempts must be 1..=1000, found {a}"),
-                );
-            } else {
-                r.attempts = a as u32;
-            }
+        if let Some(a) = t.uint32("attempts", p) {
+            r.attempts = a;
         }
         if let Some(d) = t.duration("stall_timeout", p) {
-            if d.is_zero() {
-                p.add(
-                    &t.path("stall_timeout"),
-                    t.line_of("stall_timeout"),
-                    "stall_timeout must be more than zero (every request would time out at once), found 0",
-                );
-            } else {
-                r.stall_timeout = d;
-            }
+            r.stall_timeout = d;
         }
         if let Some(d) = t.duration("backoff", p) {
             r.backoff = d;
         }
         if let Some(d) = t.duration("deadline", p) {
-            if d.is_zero() {
-                p.add(
-                    &t.path("deadline"),
-                    t.line_of("deadline"),
-                    "deadline must be more than zero (leave it out for no overall limit), found 0",
-                );
-            } else {
-                r.deadline = Some(d);
-            }
+            r.deadline = Some(d);
         }
         t.finish(p, &["attempts", "stall_timeout", "backoff", "deadline"]);
         r
@@ -737,9 +708,9 @@ impl Reader<'_> {
                 ("password_env", &mut s.password_env),
                 ("project_name", &mut s.project_name),
             ] {
-                match k.string(key, p) {
-                    Some(v) => *slot = v,
-                    None => p.add(&k.path(key), k.line, format!("missing {key}")),
+                // Missing stays empty: the validation reports it.
+                if let Some(v) = k.string(key, p) {
+                    *slot = v;
                 }
             }
             if let Some(v) = k.string("user_domain_name", p) {
@@ -761,20 +732,10 @@ impl Reader<'_> {
             );
             s
         });
-        if image_id.is_none() {
-            p.add(&t.path("image_id"), t.line, "missing image_id");
-        }
-        if endpoint.is_none() && keystone.is_none() {
-            p.add(
-                &t.path("endpoint"),
-                t.line,
-                "give endpoint, or keystone to look it up in the catalog",
-            );
-        }
         t.finish(p, &["endpoint", "image_id", "token_env", "keystone"]);
         Some(GlanceSpec {
             endpoint,
-            image_id: image_id?,
+            image_id: image_id.unwrap_or_default(),
             token_env,
             keystone,
         })
@@ -792,10 +753,10 @@ impl Reader<'_> {
 
     fn inspect(&mut self, mut t: Table<'_>) -> InspectSpec {
         let mut s = InspectSpec::default();
-        if let Some(f) = t.string("disk_format", self.p) {
+        if let Some(f) = t.keyword("disk_format", self.p) {
             s.disk_format = self.format(&t.path("disk_format"), t.line_of("disk_format"), &f);
         }
-        if let Some(list) = t.strings("allowed_formats", self.p) {
+        if let Some(list) = t.keywords("allowed_formats", self.p) {
             let (path, line) = (t.path("allowed_formats"), t.line_of("allowed_formats"));
             s.allowed_formats = Some(
                 list.iter()
@@ -811,45 +772,26 @@ impl Reader<'_> {
         s
     }
 
-    fn hex_field(&mut self, t: &mut Table<'_>, key: &str, len: Option<usize>) -> Option<String> {
+    /// A hex string, stored trimmed and in lowercase (the validation checks its digits).
+    fn hex_field(&mut self, t: &mut Table<'_>, key: &str) -> Option<String> {
         let v = t.string(key, self.p)?;
-        let v = v.trim().to_ascii_lowercase();
-        let ok = !v.is_empty()
-            && v.bytes().all(|b| b.is_ascii_hexdigit())
-            && len.is_none_or(|l| v.len() == l);
-        if !ok {
-            let want = len.map_or("hex digits".to_string(), |l| format!("{l} hex digits"));
-            self.p.add(
-                &t.path(key),
-                t.line_of(key),
-                format!("expected {want}, found {v:?} ({} characters)", v.len()),
-            );
-            return None;
-        }
-        Some(v)
+        Some(v.trim().to_ascii_lowercase())
     }
 
     fn verify(&mut self, mut t: Table<'_>) -> VerifySpec {
         let mut v = VerifySpec::default();
         for algo in Algorithm::ALL {
-            if let Some(h) = self.hex_field(&mut t, algo.name(), Some(algo.output_len() * 2)) {
+            if let Some(h) = self.hex_field(&mut t, algo.name()) {
                 v.digests.push((algo, h));
             }
         }
         v.size = t.size("size", self.p);
         v.os_hash_algo = t.string("os_hash_algo", self.p);
-        v.os_hash_value = self.hex_field(&mut t, "os_hash_value", None);
-        v.checksum = self.hex_field(&mut t, "checksum", Some(32));
+        v.os_hash_value = self.hex_field(&mut t, "os_hash_value");
+        v.checksum = self.hex_field(&mut t, "checksum");
         v.allow_md5_fallback = t.boolean("allow_md5_fallback", self.p).unwrap_or(false);
         v.require_hash = t.boolean("require_hash", self.p);
-        if v.os_hash_value.is_some() != v.os_hash_algo.is_some() {
-            self.p.add(
-                &t.path("os_hash_algo"),
-                t.line,
-                "os_hash_algo and os_hash_value go together",
-            );
-        }
-        if let Some(list) = t.strings("report", self.p) {
+        if let Some(list) = t.keywords("report", self.p) {
             for a in list {
                 match a.parse::<Algorithm>() {
                     Ok(x) => v.report.push(x),
@@ -876,62 +818,31 @@ impl Reader<'_> {
     }
 
     fn signature(&mut self, mut t: Table<'_>) -> Option<SignatureSpec> {
-        let glance = self.glance_source;
         let p = &mut *self.p;
         let mut s = SignatureSpec::default();
-        // With a Glance source the three properties (and the certificate id) come from the
-        // image record unless all are given here.
-        let mut given = 0;
-        let mut missing = Vec::new();
+        // A missing property stays empty: the validation reports it, unless a Glance record
+        // supplies the properties.
         for (key, slot) in [
             ("signature", &mut s.signature),
             ("hash_method", &mut s.hash_method),
             ("key_type", &mut s.key_type),
         ] {
-            match t.string(key, p) {
-                Some(v) => {
-                    *slot = v;
-                    given += 1;
-                }
-                None => missing.push(key),
-            }
-        }
-        if !(glance && given == 0) {
-            for key in missing {
-                p.add(&t.path(key), t.line, format!("missing {key}"));
+            if let Some(v) = t.string(key, p) {
+                *slot = v;
             }
         }
         let cert = t.string("certificate", p);
         s.certificate_uuid = t.string("certificate_uuid", p);
-        s.barbican = t.table("barbican", p).and_then(|mut b| {
-            let endpoint = b.string("endpoint", p);
-            if endpoint.is_none() {
-                p.add(&b.path("endpoint"), b.line, "missing endpoint");
-            }
+        s.barbican = t.table("barbican", p).map(|mut b| {
+            let endpoint = b.string("endpoint", p).unwrap_or_default();
             let token_env = b.string("token_env", p);
             b.finish(p, &["endpoint", "token_env"]);
-            Some(BarbicanSpec {
-                endpoint: endpoint?,
+            BarbicanSpec {
+                endpoint,
                 token_env,
-            })
+            }
         });
         let trusted = t.strings("trusted_certificates", p);
-        if (cert.is_some() && s.certificate_uuid.is_some())
-            || (cert.is_none() && s.certificate_uuid.is_none() && !(glance && given == 0))
-        {
-            p.add(
-                &t.path("certificate"),
-                t.line,
-                "give exactly one of certificate or certificate_uuid",
-            );
-        }
-        if s.certificate_uuid.is_some() && s.barbican.is_none() {
-            p.add(
-                &t.path("barbican"),
-                t.line,
-                "certificate_uuid needs [verify.signature.barbican] endpoint",
-            );
-        }
         t.finish(
             p,
             &[
@@ -950,7 +861,7 @@ impl Reader<'_> {
     }
 
     fn convert(&mut self, mut t: Table<'_>) -> Option<ConvertFormat> {
-        let f = t.string("format", self.p);
+        let f = t.keyword("format", self.p);
         let r = match f.as_deref() {
             None | Some("raw") => Some(ConvertFormat::Raw),
             Some("preserve") => Some(ConvertFormat::Preserve),
@@ -969,7 +880,7 @@ impl Reader<'_> {
 
     fn encrypt(&mut self, mut t: Table<'_>) -> Option<EncryptSpec> {
         let p = &mut *self.p;
-        let format = match t.string("format", p).as_deref() {
+        let format = match t.keyword("format", p).as_deref() {
             Some("plain") => Some(EncryptFormat::Plain),
             Some("luks1") => Some(EncryptFormat::Luks1),
             Some("luks2") => Some(EncryptFormat::Luks2),
@@ -993,70 +904,13 @@ impl Reader<'_> {
         let cipher = t
             .string("cipher", p)
             .unwrap_or_else(|| "aes-xts-plain64".into());
-        if cipher != "aes-xts-plain64" {
-            p.add(
-                &t.path("cipher"),
-                t.line_of("cipher"),
-                format!("only aes-xts-plain64 is supported, found {cipher:?}"),
-            );
-        }
-        let key_size = t.uint("key_size", p).unwrap_or(512);
-        if key_size != 256 && key_size != 512 {
-            p.add(
-                &t.path("key_size"),
-                t.line_of("key_size"),
-                format!("key_size must be 256 or 512 (bits), found {key_size}"),
-            );
-        }
-        let sector_size = t.uint("sector_size", p).unwrap_or(512);
-        if sector_size != 512 && sector_size != 4096 {
-            p.add(
-                &t.path("sector_size"),
-                t.line_of("sector_size"),
-                format!("sector_size must be 512 or 4096, found {sector_size}"),
-            );
-        }
+        let key_size = t.uint32("key_size", p).unwrap_or(512);
+        let sector_size = t.uint32("sector_size", p).unwrap_or(512);
         let passphrase_file = t.string("passphrase_file", p);
         let key_file = t.string("key_file", p);
         let key_hex_file = t.string("key_hex_file", p);
         let pbkdf_iterations = t.uint("pbkdf_iterations", p);
         let pbkdf = t.string("pbkdf", p);
-        if let Some(k) = &pbkdf
-            && k != "pbkdf2"
-            && k != "argon2id"
-        {
-            p.add(
-                &t.path("pbkdf"),
-                t.line_of("pbkdf"),
-                format!("pbkdf must be pbkdf2 or argon2id, found {k:?}"),
-            );
-        }
-        match format {
-            Some(EncryptFormat::Plain) => {
-                if key_file.is_some() == key_hex_file.is_some() {
-                    p.add(
-                        &t.path("key_file"),
-                        t.line,
-                        "plain encryption needs exactly one of key_file or key_hex_file",
-                    );
-                }
-                if passphrase_file.is_some() {
-                    p.add(
-                        &t.path("passphrase_file"),
-                        t.line_of("passphrase_file"),
-                        "plain mode has no passphrase; use key_file",
-                    );
-                }
-            }
-            Some(_) if passphrase_file.is_none() => {
-                p.add(
-                    &t.path("passphrase_file"),
-                    t.line,
-                    "LUKS needs passphrase_file",
-                );
-            }
-            Some(_) | None => {}
-        }
         t.finish(
             p,
             &[
@@ -1071,14 +925,17 @@ impl Reader<'_> {
                 "pbkdf",
             ],
         );
+        // Without a known format the other options are still checked, and the checks that
+        // depend on the format are skipped.
+        self.holes.encrypt_format = format.is_none();
         Some(EncryptSpec {
-            format: format?,
+            format: format.unwrap_or(EncryptFormat::Luks2),
             cipher,
-            key_size: key_size as u32,
+            key_size,
             passphrase_file: passphrase_file.map(|f| self.path(&f)),
             key_file: key_file.map(|f| self.path(&f)),
             key_hex_file: key_hex_file.map(|f| self.path(&f)),
-            sector_size: sector_size as u32,
+            sector_size,
             pbkdf_iterations: pbkdf_iterations.map(|i| i.min(u32::MAX as u64) as u32),
             pbkdf,
         })
@@ -1088,32 +945,23 @@ impl Reader<'_> {
         let p = &mut *self.p;
         let path = t.string("path", p);
         let device = t.string("device", p);
-        let lvm = t.table("lvm", p).and_then(|mut l| {
-            let vg = l.string("vg", p);
-            let name = l.string("name", p);
+        // Missing names stay empty: the validation reports them.
+        let lvm = t.table("lvm", p).map(|mut l| {
+            let vg = l.string("vg", p).unwrap_or_default();
+            let name = l.string("name", p).unwrap_or_default();
             let size = l.size("size", p);
-            if vg.is_none() || name.is_none() {
-                p.add(&l.path("vg"), l.line, "lvm needs vg and name");
-            }
             l.finish(p, &["vg", "name", "size"]);
-            Some(SinkTarget::Lvm {
-                vg: vg?,
-                name: name?,
-                size,
-            })
+            SinkTarget::Lvm { vg, name, size }
         });
-        let rbd = t.table("rbd", p).and_then(|mut r| {
-            let pool = r.string("pool", p);
-            let image = r.string("image", p);
+        let rbd = t.table("rbd", p).map(|mut r| {
+            let pool = r.string("pool", p).unwrap_or_default();
+            let image = r.string("image", p).unwrap_or_default();
             let conf = r.string("conf", p);
             let id = r.string("id", p);
-            if pool.is_none() || image.is_none() {
-                p.add(&r.path("pool"), r.line, "rbd needs pool and image");
-            }
             r.finish(p, &["pool", "image", "conf", "id"]);
-            Some((pool?, image?, conf, id))
+            (pool, image, conf, id)
         });
-        let zeroes = match t.string("zeroes", p).as_deref() {
+        let zeroes = match t.keyword("zeroes", p).as_deref() {
             None => None,
             Some("skip") => Some(ZeroPolicy::Skip),
             Some("write") => Some(ZeroPolicy::Write),
@@ -1160,10 +1008,7 @@ impl Reader<'_> {
     fn cache(&mut self, mut t: Table<'_>) -> Option<CacheSpec> {
         let p = &mut *self.p;
         let dir = t.string("dir", p);
-        if dir.is_none() {
-            p.add(&t.path("dir"), t.line, "missing dir");
-        }
-        let raw = match t.string("mode", p).as_deref() {
+        let raw = match t.keyword("mode", p).as_deref() {
             None | Some("original") => false,
             Some("raw") => true,
             Some(other) => {
@@ -1180,7 +1025,8 @@ impl Reader<'_> {
         let max_age = t.duration("max_age", p);
         t.finish(p, &["dir", "mode", "key_file", "max_size", "max_age"]);
         Some(CacheSpec {
-            dir: self.path(&dir?),
+            // A missing dir stays empty (not the base directory): the validation reports it.
+            dir: dir.map(|d| self.path(&d)).unwrap_or_default(),
             raw,
             key_file: key_file.map(|k| self.path(&k)),
             max_size,

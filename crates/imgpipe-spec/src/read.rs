@@ -1,21 +1,57 @@
 //! Typed reading of a [`Node`] tree that collects every problem instead of stopping at the first.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::Problem;
 use crate::tree::{Node, Val};
+use crate::validate::At;
 
-/// Collects problems while reading.
+/// Collects problems while reading, and the line of every key and value read, so that the
+/// problems the shared validation finds on the built `Spec` get their lines too.
 #[derive(Default)]
-pub(crate) struct Problems(pub Vec<Problem>);
+pub(crate) struct Problems {
+    pub list: Vec<Problem>,
+    /// Key path → the line of the key.
+    keys: HashMap<String, usize>,
+    /// Key path (array elements as `key[i]`) → the line where the value starts.
+    values: HashMap<String, usize>,
+}
 
 impl Problems {
     pub fn add(&mut self, path: &str, line: usize, message: impl Into<String>) {
-        self.0.push(Problem {
+        self.list.push(Problem {
             path: path.to_string(),
             line,
             message: message.into(),
         });
+    }
+
+    /// The line of a validation finding: the key's or the value's as asked, else the
+    /// nearest enclosing table's (1 for the document).
+    pub fn line_of(&self, at: &At) -> usize {
+        let (mut path, mut key) = match at {
+            At::Key(p) => (p.as_str(), true),
+            At::Value(p) => (p.as_str(), false),
+        };
+        loop {
+            let (first, second) = if key {
+                (&self.keys, &self.values)
+            } else {
+                (&self.values, &self.keys)
+            };
+            if let Some(l) = first.get(path).or_else(|| second.get(path)) {
+                return *l;
+            }
+            if path.is_empty() {
+                return 1;
+            }
+            path = match path.strip_suffix(']').and_then(|p| p.rfind('[')) {
+                Some(i) => &path[..i],
+                None => path.rfind('.').map_or("", |i| &path[..i]),
+            };
+            key = false;
+        }
     }
 }
 
@@ -34,12 +70,20 @@ impl<'a> Table<'a> {
 
     fn from_node(path: String, node: &'a Node, p: &mut Problems) -> Option<Self> {
         match &node.val {
-            Val::Table(entries) => Some(Table {
-                path,
-                entries,
-                used: vec![false; entries.len()],
-                line: node.line,
-            }),
+            Val::Table(entries) => {
+                let t = Table {
+                    path,
+                    entries,
+                    used: vec![false; entries.len()],
+                    line: node.line,
+                };
+                p.values.entry(t.path.clone()).or_insert(node.line);
+                for (k, key_line, value) in entries {
+                    p.keys.insert(t.path(k), *key_line);
+                    p.values.insert(t.path(k), value.line);
+                }
+                Some(t)
+            }
             other => {
                 p.add(
                     &path,
@@ -82,16 +126,46 @@ impl<'a> Table<'a> {
         Table::from_node(path, n, p)
     }
 
+    /// A string value; the shared validation checks what it may contain (no NUL byte, …).
     pub fn string(&mut self, key: &str, p: &mut Problems) -> Option<String> {
         let path = self.path(key);
         let n = self.get(key)?;
         match &n.val {
-            Val::Str(s) => no_nul(&path, n.line, s, p),
+            Val::Str(s) => Some(s.clone()),
             other => {
                 p.add(
                     &path,
                     n.line,
                     format!("expected a string, found {}", other.type_name()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string naming one of a fixed set of values (a format, a mode): it does not reach the
+    /// `Spec` as a string, so its NUL check is made here.
+    pub fn keyword(&mut self, key: &str, p: &mut Problems) -> Option<String> {
+        let path = self.path(key);
+        let line = self.get(key)?.line;
+        let s = self.string(key, p)?;
+        no_nul(&path, line, &s, p);
+        Some(s)
+    }
+
+    /// An integer that must fit 32 bits (the range of its value is checked by the shared
+    /// validation).
+    pub fn uint32(&mut self, key: &str, p: &mut Problems) -> Option<u32> {
+        let path = self.path(key);
+        let line = self.line_of(key);
+        let v = self.uint(key, p)?;
+        match u32::try_from(v) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                p.add(
+                    &path,
+                    line,
+                    format!("expected an integer up to {}, found {v}", u32::MAX),
                 );
                 None
             }
@@ -192,21 +266,34 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// An array of strings.
     pub fn strings(&mut self, key: &str, p: &mut Problems) -> Option<Vec<String>> {
+        self.string_list(key, false, p)
+    }
+
+    /// An array of keyword values (see [`Table::keyword`]).
+    pub fn keywords(&mut self, key: &str, p: &mut Problems) -> Option<Vec<String>> {
+        self.string_list(key, true, p)
+    }
+
+    fn string_list(&mut self, key: &str, keywords: bool, p: &mut Problems) -> Option<Vec<String>> {
         let path = self.path(key);
         let n = self.get(key)?;
         match &n.val {
             Val::Arr(items) => {
                 let mut out = Vec::new();
                 for (i, it) in items.iter().enumerate() {
+                    let item = format!("{path}[{i}]");
+                    p.values.insert(item.clone(), it.line);
                     match &it.val {
                         Val::Str(s) => {
-                            if let Some(s) = no_nul(&format!("{path}[{i}]"), it.line, s, p) {
-                                out.push(s);
+                            if keywords {
+                                no_nul(&item, it.line, s, p);
                             }
+                            out.push(s.clone());
                         }
                         other => p.add(
-                            &format!("{path}[{i}]"),
+                            &item,
                             it.line,
                             format!("expected a string, found {}", other.type_name()),
                         ),
@@ -225,21 +312,12 @@ impl<'a> Table<'a> {
         }
     }
 
-    /// A table of string → string.
+    /// A table of string → string (names and values are checked by the shared validation).
     pub fn string_map(&mut self, key: &str, p: &mut Problems) -> Option<Vec<(String, String)>> {
         let mut t = self.table(key, p)?;
         let mut out = Vec::new();
         let keys: Vec<String> = t.entries.iter().map(|(k, _, _)| k.clone()).collect();
         for k in keys {
-            if k.contains('\0') {
-                p.add(
-                    &t.path(&k.replace('\0', "\\0")),
-                    t.line_of(&k),
-                    "the key contains a NUL byte, which no spec string may contain",
-                );
-                t.get(&k);
-                continue;
-            }
             if let Some(v) = t.string(&k, p) {
                 out.push((k, v));
             }
@@ -261,21 +339,12 @@ impl<'a> Table<'a> {
     }
 }
 
-/// A string value; one containing a NUL byte is a problem (no path, name or URL may contain
-/// one: a path with one cannot be opened, and C APIs would drop the part after it). The
-/// value is still returned so that the key does not also count as missing.
-fn no_nul(path: &str, line: usize, s: &str, p: &mut Problems) -> Option<String> {
-    if let Some(at) = s.find('\0') {
-        p.add(
-            path,
-            line,
-            format!(
-                "contains a NUL byte at character {}, which no spec string may contain",
-                s[..at].chars().count()
-            ),
-        );
+/// A keyword containing a NUL byte is a problem, as any spec string with one is (the message
+/// is the shared validation's).
+fn no_nul(path: &str, line: usize, s: &str, p: &mut Problems) {
+    if let Some(f) = crate::validate::nul(path, s) {
+        p.add(path, line, f.message);
     }
-    Some(s.to_string())
 }
 
 /// Parse a byte size: "4096", "512K", "20GiB", "1.5G" (K/M/G/T and KiB/MiB/GiB/TiB are binary,

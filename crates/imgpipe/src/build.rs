@@ -1082,6 +1082,11 @@ async fn run_here(spec: &Spec, progress: Arc<Progress>) -> RunReport {
 
 async fn run_phases(spec: &Spec, progress: Arc<Progress>) -> RunReport {
     let started = std::time::Instant::now();
+    // A spec built in code gets the spec file's checks, every problem listed, before anything
+    // is opened or read.
+    if let Err(e) = spec.validate() {
+        return failed_before_streaming(spec, Error::new(ErrorKind::Spec, e.to_string()), started);
+    }
     let built = tokio::select! {
         b = build_cached(spec) => b,
         _ = progress.cancelled() => Err(Error::new(ErrorKind::Cancelled, "the run was cancelled")),
