@@ -79,7 +79,7 @@ CARGO_PROFILE_DEV_OPT_LEVEL=2 "$py_bin/maturin" build --locked --profile dev --s
   --manifest-path python/Cargo.toml --interpreter "$IMGPIPE_ORACLE_PYTHON" --out target/python-wheel
 "$py_bin/pip" install -q --force-reinstall --no-deps target/python-wheel/imgpipe-*.whl
 echo "wheel built and installed in $(( $(date +%s) - py_t0 ))s"
-IMGPIPE_BIN="$repo/target/debug/imgpipe" "$IMGPIPE_ORACLE_PYTHON" -m pytest -q -p no:cacheprovider \
+IMGPIPE_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/imgpipe" "$IMGPIPE_ORACLE_PYTHON" -m pytest -q -p no:cacheprovider \
   python/tests 2>&1 | tee target/pytest-output.txt
 read -r py_passed py_failed < <(awk '/ passed| failed/{for(i=1;i<=NF;i++){if($i ~ /^passed/)p=$(i-1); if($i ~ /^failed/)f=$(i-1)}} END{print p+0, f+0}' target/pytest-output.txt)
 passed=$(( passed + py_passed )); failed=$(( failed + py_failed ))
