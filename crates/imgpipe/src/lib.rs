@@ -13,7 +13,8 @@
 //!
 //! # async fn demo() {
 //! let mut spec = Spec::new(SourceSpec::File("image.raw".into()));
-//! spec.verify.digests.push((Algorithm::Sha512, "cf83e135…".into()));
+//! // The SHA-512 Glance recorded for the image (`os_hash_value`); here, that of an empty file.
+//! spec.verify.digests.push((Algorithm::Sha512, "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e".into()));
 //! spec.sink = Some(SinkSpec { target: SinkTarget::File("disk.raw".into()), zeroes: None });
 //! let report = run(&spec, Arc::new(Progress::default())).await;
 //! println!("{}", serde_json::to_string(&report).unwrap());
