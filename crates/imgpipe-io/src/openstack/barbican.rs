@@ -82,20 +82,7 @@ impl BarbicanClient {
         request: Duration,
     ) -> Result<Self> {
         let secrets_url = secrets_url(endpoint)?;
-        let token = match token {
-            None => None,
-            Some(t) => {
-                let mut v = HeaderValue::from_str(&t).map_err(|_| {
-                    Error::new(
-                        ErrorKind::Spec,
-                        "Barbican token is not a valid HTTP header value \
-                         (it must be visible ASCII without control characters)",
-                    )
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-        };
+        let token = super::rest::token_header(token, "Barbican")?;
         let client = reqwest::Client::builder()
             .connect_timeout(connect)
             .timeout(request)

@@ -258,20 +258,7 @@ impl GlanceClient {
         let path = base.path().trim_end_matches('/');
         let path = path.strip_suffix("/v2").unwrap_or(path).to_string();
         base.set_path(&path);
-        let token = match token {
-            None => None,
-            Some(t) => {
-                let mut v = HeaderValue::from_str(&t).map_err(|_| {
-                    Error::new(
-                        ErrorKind::Spec,
-                        "Glance token is not a valid HTTP header value \
-                         (it must be visible ASCII without control characters)",
-                    )
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-        };
+        let token = super::rest::token_header(token, "Glance")?;
         let request_timeout = DEFAULT_REQUEST_TIMEOUT.max(opts.stall_timeout);
         let client = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)

@@ -47,6 +47,28 @@ pub(super) async fn read_capped(
 }
 
 /// `s` with control characters escaped and quoted, safe in a one-line message.
+/// An `X-Auth-Token` value marked sensitive (never printed by the HTTP client), or a spec
+/// error naming the service without showing the token.
+pub(super) fn token_header(
+    token: Option<String>,
+    service: &str,
+) -> Result<Option<reqwest::header::HeaderValue>> {
+    let Some(t) = token else {
+        return Ok(None);
+    };
+    let mut v = reqwest::header::HeaderValue::from_str(&t).map_err(|_| {
+        Error::new(
+            ErrorKind::Spec,
+            format!(
+                "{service} token is not a valid HTTP header value \
+                 (it must be visible ASCII without control characters)"
+            ),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(Some(v))
+}
+
 pub(super) fn printable(s: &str) -> String {
     let t: String = s.chars().take(128).flat_map(char::escape_debug).collect();
     format!("\"{t}\"")
