@@ -9,9 +9,9 @@ use imgpipe_cache::{Cache, EntryState, EvictPolicy};
 /// Arguments of `imgpipe cache`.
 #[derive(clap::Args)]
 pub struct CacheArgs {
-    /// The cache directory (the spec's `[cache] dir`).
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    /// The cache directory (the spec's `[cache] dir`); before or after the verb.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
@@ -109,7 +109,11 @@ fn ago(unix: Option<u64>) -> String {
 /// are reported on stderr (check `cache.entry_file`).
 pub async fn run(args: CacheArgs) -> i32 {
     // No pruning on open: `list` must show leftovers, `prune` removes them explicitly.
-    let cache = match Cache::open_dir(&args.dir) {
+    let Some(dir) = args.dir.clone() else {
+        errln!("imgpipe cache: --dir DIR is required (the spec's [cache] dir)");
+        return 2;
+    };
+    let cache = match Cache::open_dir(&dir) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -174,7 +178,12 @@ async fn run_on(mut cache: Cache, args: CacheArgs) -> i32 {
                     sc.map(|s| s.label.as_str()).unwrap_or("-"),
                 );
             }
-            outln!("{} entries, {}", list.len(), human(total));
+            let n = list.len();
+            outln!(
+                "{n} {}, {}",
+                if n == 1 { "entry" } else { "entries" },
+                human(total)
+            );
             0
         }
         CacheAction::Verify { ids, remove_bad } => {

@@ -5,9 +5,17 @@ use std::sync::Arc;
 use imgpipe::format::Format;
 use imgpipe::{Progress, Spec};
 
-fn usage(msg: String) -> i32 {
+/// A failure before any verdict: on stderr, and as a JSON object on stdout with `--json`
+/// (`status` "error", `kind`, `reason`), so a JSON reader always gets one object.
+fn failed(json: bool, kind: &str, msg: &str, code: i32) -> i32 {
+    if json {
+        outln!(
+            "{:#}",
+            serde_json::json!({"status": "error", "kind": kind, "reason": msg})
+        );
+    }
     errln!("imgpipe inspect: {msg}");
-    2
+    code
 }
 
 /// Run the inspector; exit 0 accepted, 3 rejected, 2 usage, 1 I/O.
@@ -22,7 +30,7 @@ pub async fn run(
     if let Some(e) = expect {
         match e.parse::<Format>() {
             Ok(f) => spec.inspect.disk_format = Some(f),
-            Err(err) => return usage(err.to_string()),
+            Err(err) => return failed(json, "spec", &err.to_string(), 2),
         }
     }
     if let Some(list) = allow {
@@ -30,7 +38,7 @@ pub async fn run(
         for f in list {
             match f.parse::<Format>() {
                 Ok(f) => v.push(f),
-                Err(err) => return usage(err.to_string()),
+                Err(err) => return failed(json, "spec", &err.to_string(), 2),
             }
         }
         spec.inspect.allowed_formats = Some(v);
@@ -38,15 +46,12 @@ pub async fn run(
     if let Some(m) = max_virtual_size {
         match imgpipe::spec::parse_size(&m) {
             Ok(n) => spec.inspect.max_virtual_size = Some(n),
-            Err(err) => return usage(err),
+            Err(err) => return failed(json, "spec", &err, 2),
         }
     }
     let v = match imgpipe::inspect(&spec, Arc::new(Progress::default())).await {
         Ok(v) => v,
-        Err(e) => {
-            errln!("imgpipe inspect: {e}");
-            return 1;
-        }
+        Err(e) => return failed(json, e.kind().name(), &e.to_string(), e.kind().exit_code()),
     };
     if json {
         let obj = imgpipe::verdict_json(&v);

@@ -62,8 +62,9 @@ enum ProgressMode {
     Always,
     /// No progress output.
     Never,
-    /// One JSON object per line on stderr (`phase`, `bytes_read`, `bytes_written`, `total`,
-    /// `cancelled`): every second and at each phase change, the last with `"phase": "done"`.
+    /// One JSON object per line on stderr (`stage`, `bytes_read`, `bytes_written`, `total`,
+    /// `bytes_per_second`, `elapsed_seconds`, `cancelled`): at most every 500 ms and at each
+    /// stage change, the last with `"stage": "done"`. Works off a terminal.
     Json,
 }
 
@@ -271,7 +272,7 @@ async fn execute(spec: &Spec, json: bool, progress: ProgressMode) -> i32 {
     if json {
         print_json(&report);
     } else {
-        print_text(&report);
+        print_text(&report, spec.sink.is_some());
     }
     exit_code(&report)
 }
@@ -286,13 +287,21 @@ async fn run_with_progress(spec: &Spec, mode: ProgressMode, json: bool) -> RunRe
     let _ = json;
     let signals = spawn_signal_watch(progress.clone());
     let json_lines = (mode == ProgressMode::Json).then(|| {
-        let mut events = progress.events(Duration::from_secs(1));
+        let mut events = progress.events(Duration::from_millis(500));
+        let started = std::time::Instant::now();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
-                match serde_json::to_string(&e) {
-                    Ok(line) => errln!("{line}"),
-                    Err(err) => errln!("imgpipe: cannot serialise progress: {err}"),
-                }
+                let secs = started.elapsed().as_secs_f64();
+                let line = serde_json::json!({
+                    "stage": e.phase.name(),
+                    "bytes_read": e.bytes_read,
+                    "bytes_written": e.bytes_written,
+                    "total": e.total,
+                    "bytes_per_second": if secs > 0.0 { (e.bytes_read as f64 / secs).round() } else { 0.0 },
+                    "elapsed_seconds": (secs * 1000.0).round() / 1000.0,
+                    "cancelled": e.cancelled,
+                });
+                errln!("{line}");
             }
         })
     });
@@ -384,7 +393,8 @@ fn exit_code(report: &RunReport) -> i32 {
     }
 }
 
-fn print_text(r: &RunReport) {
+/// The human report; `writes`: the run had a sink (a verify-only run publishes nothing anyway).
+fn print_text(r: &RunReport, writes: bool) {
     let status = match r.status {
         Status::Ok => "ok",
         Status::Rejected => "REJECTED",
@@ -393,7 +403,7 @@ fn print_text(r: &RunReport) {
     errln!("status:   {status}");
     if let Some(reason) = &r.reason {
         errln!("reason:   {reason}");
-        if r.status != Status::Ok {
+        if r.status != Status::Ok && writes {
             errln!("          nothing was published");
         }
     }

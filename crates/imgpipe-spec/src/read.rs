@@ -348,14 +348,16 @@ fn no_nul(path: &str, line: usize, s: &str, p: &mut Problems) {
 }
 
 /// Parse a byte size: "4096", "512K", "20GiB", "1.5G" (K/M/G/T and KiB/MiB/GiB/TiB are binary,
-/// KB/MB/GB/TB decimal).
+/// KB/MB/GB/TB decimal). The value must be a whole number of bytes: "1.5KiB" is 1536, but
+/// "4.3MiB" (4508876.8 bytes) is refused rather than rounded, since `verify.size` is an exact
+/// count. Decimal arithmetic is exact (no floating point).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+    let mult: u128 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
@@ -372,14 +374,34 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
             ));
         }
     };
-    let value: f64 = num.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a number followed by an optional unit")
-    })?;
-    let bytes = value * mult as f64;
-    if !(0.0..1.8e19).contains(&bytes) {
-        return Err(format!("invalid size {s:?}: out of range"));
+    let bad_number =
+        || format!("invalid size {s:?}: expected a number followed by an optional unit");
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+        || frac.len() > 18
+    {
+        return Err(bad_number());
     }
-    Ok(bytes.round() as u64)
+    let digits = |d: &str| -> Result<u128, String> {
+        if d.is_empty() {
+            Ok(0)
+        } else {
+            d.parse::<u128>().map_err(|_| bad_number())
+        }
+    };
+    let out_of_range = || format!("invalid size {s:?}: out of range");
+    let scale = 10u128.pow(frac.len() as u32);
+    let whole = digits(int)?.checked_mul(mult).ok_or_else(out_of_range)?;
+    let part = digits(frac)?.checked_mul(mult).ok_or_else(out_of_range)?;
+    if part % scale != 0 {
+        return Err(format!(
+            "invalid size {s:?}: not a whole number of bytes ({}.{} bytes)",
+            whole + part / scale,
+            format!("{:0width$}", part % scale, width = frac.len()).trim_end_matches('0')
+        ));
+    }
+    u64::try_from(whole + part / scale).map_err(|_| out_of_range())
 }
 
 /// Parse a duration: "60s", "500ms", "5m", "24h", "2d", or plain seconds.
@@ -419,6 +441,17 @@ mod tests {
         assert_eq!(parse_size("1.5 MiB"), Ok(3 << 19));
         assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
         assert!(parse_size("12 parsecs").is_err());
+        assert_eq!(parse_size("1.1TB"), Ok(1_100_000_000_000));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        let e = parse_size("4.3MiB").unwrap_err();
+        assert!(
+            e.contains("not a whole number of bytes (4508876.8 bytes)"),
+            "{e}"
+        );
+        assert!(parse_size("1.5").is_err());
+        assert!(parse_size("1..5").is_err());
+        assert!(parse_size(".").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
         assert!(parse_size("GiB").is_err());
     }
 

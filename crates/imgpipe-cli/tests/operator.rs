@@ -1,0 +1,144 @@
+//! Operator-facing conventions (issue 20, first part): a JSON reader of `inspect --json` always
+//! gets one object, `cache --dir` goes before or after the verb, counts read as English,
+//! `verify` does not claim to have withheld a publish, and an exact size is never rounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn imgpipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_imgpipe"))
+}
+
+#[test]
+fn inspect_json_on_a_missing_file_prints_a_json_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgpipe()
+        .args(["inspect", "--json"])
+        .arg(dir.path().join("missing.qcow2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["kind"], "io");
+    assert!(
+        v["reason"].as_str().unwrap().contains("missing.qcow2"),
+        "{v}"
+    );
+    // A usage problem is JSON too, with exit 2.
+    let out = imgpipe()
+        .args(["inspect", "--json", "--expect", "floppy", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "spec");
+}
+
+#[test]
+fn cache_dir_before_or_after_the_verb_and_counts_in_english() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    for args in [
+        vec!["cache", "--dir", cache.to_str().unwrap(), "list"],
+        vec!["cache", "list", "--dir", cache.to_str().unwrap()],
+    ] {
+        let out = imgpipe().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains("0 entries"), "{args:?}: {text}");
+    }
+    let out = imgpipe().args(["cache", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dir"));
+
+    // One filled entry reads "1 entry".
+    let img = dir.path().join("img.raw");
+    std::fs::write(&img, vec![5u8; 1 << 20]).unwrap();
+    let sum = Command::new("sha256sum").arg(&img).output().unwrap();
+    let sha = String::from_utf8(sum.stdout).unwrap()[..64].to_string();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\npath = {:?}\n[verify]\nsha256 = \"{sha}\"\n[sink]\npath = {:?}\n\
+             [cache]\ndir = {:?}\n",
+            img.display().to_string(),
+            dir.path().join("disk.raw").display().to_string(),
+            cache.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = imgpipe()
+        .args(["run", "--progress", "never"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{run:?}");
+    let out = imgpipe()
+        .args(["cache", "list", "--dir", cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("1 entry,"), "{text}");
+}
+
+#[test]
+fn verify_does_not_say_nothing_was_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.raw");
+    std::fs::write(&img, vec![1u8; 4096]).unwrap();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\npath = {:?}\n[verify]\nsha256 = \"{}\"\n[sink]\npath = {:?}\n",
+            img.display().to_string(),
+            "0".repeat(64),
+            dir.path().join("disk.raw").display().to_string()
+        ),
+    )
+    .unwrap();
+    let v = imgpipe().arg("verify").arg(&spec).output().unwrap();
+    assert_eq!(v.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(err.contains("REJECTED"), "{err}");
+    assert!(!err.contains("nothing was published"), "{err}");
+    // `run` of the same spec does say it.
+    let r = imgpipe()
+        .args(["run", "--progress", "never"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("nothing was published"));
+}
+
+#[test]
+fn an_exact_size_is_never_rounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.toml");
+    std::fs::write(
+        &spec,
+        "[source]\npath = \"img.raw\"\n[verify]\nsize = \"4.3MiB\"\n",
+    )
+    .unwrap();
+    let out = imgpipe()
+        .args(["run", "--json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["path"] == "verify.size"
+            && p["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a whole number of bytes")),
+        "{v}"
+    );
+}
