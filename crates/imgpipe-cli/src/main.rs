@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use imgpipe::hash::Algorithm;
 use imgpipe::spec::{SinkSpec, SinkTarget, SourceSpec};
 use imgpipe::{Progress, RunReport, Spec, Status};
 
@@ -29,6 +28,7 @@ macro_rules! errln {
 
 mod cache_cmd;
 mod demo;
+mod hash_cmd;
 mod inspect;
 
 const EXAMPLES: &str = "\
@@ -110,17 +110,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Compute digests of a file, URL or stdin (`-`) in one pass.
-    Hash {
-        /// File path, http(s) URL, or `-`.
-        input: String,
-        /// Algorithms, comma separated (md5 sha1 sha224 sha256 sha384 sha512 blake3).
-        #[arg(long, value_delimiter = ',', default_value = "sha256")]
-        algo: Vec<String>,
-        /// Print one JSON report on stdout.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Compute digests of files, URLs or stdin (`-`), one pass each, printed as `sha256sum`
+    /// prints them; `--check FILE` verifies such a list.
+    Hash(hash_cmd::HashArgs),
     /// Look after a verified image cache directory: list, verify (re-hash against the
     /// sidecars), evict (by size/age), prune (leftovers of killed fills).
     Cache(cache_cmd::CacheArgs),
@@ -212,30 +204,7 @@ fn main() {
                     2
                 }
             },
-            Command::Hash { input, algo, json } => {
-                let mut spec = Spec::new(source_of(&input));
-                spec.inspect.skip = true;
-                for a in &algo {
-                    match a.parse::<Algorithm>() {
-                        Ok(a) => spec.verify.report.push(a),
-                        Err(e) => {
-                            errln!("imgpipe: {e}");
-                            return 2;
-                        }
-                    }
-                }
-                let report = run_with_progress(&spec, ProgressMode::Auto, json).await;
-                if json {
-                    print_json(&report);
-                } else if report.status == Status::Ok {
-                    for (a, h) in &report.hashes {
-                        outln!("{a}  {h}  {}", shown(&input));
-                    }
-                } else {
-                    errln!("imgpipe: {}", report.reason.as_deref().unwrap_or("failed"));
-                }
-                exit_code(&report)
-            }
+            Command::Hash(a) => hash_cmd::run(a).await,
             Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {

@@ -142,3 +142,74 @@ fn an_exact_size_is_never_rounded() {
         "{v}"
     );
 }
+
+fn sh(cmd: &str, dir: &std::path::Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `imgpipe hash` prints what coreutils prints (one algorithm: `sha256sum`; several:
+/// `--tag`), for several files, and `--check` verifies the lists coreutils writes.
+#[test]
+fn hash_is_sha256sum_compatible_and_checks_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("a.img"), vec![1u8; 300_000]).unwrap();
+    std::fs::write(d.join("b.img"), b"second image").unwrap();
+    let run = |args: &[&str]| {
+        imgpipe()
+            .arg("hash")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["a.img", "b.img"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        sh("sha256sum a.img b.img", d)
+    );
+    let out = run(&["--algo", "sha512,md5", "a.img"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    for tool in ["sha512sum", "md5sum"] {
+        let line = sh(&format!("{tool} --tag a.img"), d);
+        assert!(text.contains(&line), "{text} lacks {line}");
+    }
+
+    // --check: the lists coreutils writes, in both formats.
+    sh("sha256sum a.img b.img > list.sha256", d);
+    sh("sha512sum --tag a.img b.img > list.tag", d);
+    for list in ["list.sha256", "list.tag"] {
+        let out = run(&["--check", list]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            "a.img: OK\nb.img: OK\n"
+        );
+    }
+    std::fs::write(d.join("b.img"), b"changed image").unwrap();
+    let out = run(&["--check", "list.sha256"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "a.img: OK\nb.img: FAILED\n"
+    );
+    std::fs::remove_file(d.join("b.img")).unwrap();
+    let out = run(&["--check", "list.tag"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("b.img: FAILED open or read")
+    );
+    std::fs::write(d.join("junk"), "this is not a checksum list\n").unwrap();
+    assert_eq!(run(&["--check", "junk"]).status.code(), Some(2));
+    assert_eq!(run(&[]).status.code(), Some(2));
+}
