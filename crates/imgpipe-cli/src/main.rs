@@ -27,6 +27,7 @@ macro_rules! errln {
 }
 
 mod cache_cmd;
+mod convert_cmd;
 mod demo;
 mod hash_cmd;
 mod inspect;
@@ -81,6 +82,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
         progress: ProgressMode,
     },
+    /// Convert an image into a disk without a spec file (qemu-img-style flags); `--print-spec`
+    /// shows the equivalent spec.
+    Convert(convert_cmd::ConvertArgs),
     /// Detect an image's format and check it is safe, without writing anything.
     Inspect {
         /// File path, http(s) URL, or `-`.
@@ -151,8 +155,30 @@ pub(crate) fn source_of(input: &str) -> SourceSpec {
     }
 }
 
+/// qemu-img's `--output=json` (or `--output json`) is accepted wherever `--json` is, and
+/// `--output=human` is the default; anything else is left for clap to refuse.
+fn output_flag_as_json(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut args = args.peekable();
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--output=json") => out.push("--json".into()),
+            Some("--output=human") => {}
+            Some("--output")
+                if matches!(args.peek().and_then(|v| v.to_str()), Some("json" | "human")) =>
+            {
+                if args.next().is_some_and(|v| v == "json") {
+                    out.push("--json".into());
+                }
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(output_flag_as_json(std::env::args_os())) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 2 } else { 0 };
@@ -205,6 +231,7 @@ fn main() {
                 }
             },
             Command::Hash(a) => hash_cmd::run(a).await,
+            Command::Convert(a) => convert_cmd::run(a).await,
             Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {

@@ -213,3 +213,98 @@ fn hash_is_sha256sum_compatible_and_checks_lists() {
     assert_eq!(run(&["--check", "junk"]).status.code(), Some(2));
     assert_eq!(run(&[]).status.code(), Some(2));
 }
+
+/// `imgpipe convert` writes what `qemu-img convert -O raw` writes; `--print-spec` prints a spec
+/// that `imgpipe run` turns into the same disk and the same report; a wrong digest flag is a
+/// rejection with nothing published; destinations map onto the sink kinds.
+#[test]
+fn convert_with_flags_and_the_printed_spec_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(d.join("src.raw"), &raw).unwrap();
+    sh("qemu-img convert -f raw -O qcow2 src.raw img.qcow2", d);
+    sh("qemu-img convert -f qcow2 -O raw img.qcow2 expected.raw", d);
+    let sha = sh("sha512sum img.qcow2", d)[..128].to_string();
+    let convert = |extra: &[&str]| {
+        imgpipe()
+            .args(["convert", "-f", "qcow2", "--sha512", &sha])
+            .args(extra)
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let out = convert(&["--output=json", "img.qcow2", "by-flags.raw"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let by_flags: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        std::fs::read(d.join("by-flags.raw")).unwrap(),
+        std::fs::read(d.join("expected.raw")).unwrap()
+    );
+
+    let printed = convert(&["--print-spec", "img.qcow2", "by-spec.raw"]);
+    assert_eq!(printed.status.code(), Some(0));
+    std::fs::write(d.join("printed.toml"), &printed.stdout).unwrap();
+    assert!(!d.join("by-spec.raw").exists(), "--print-spec ran the job");
+    let out = imgpipe()
+        .args(["run", "--output", "json", "printed.toml"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let by_spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        std::fs::read(d.join("by-spec.raw")).unwrap(),
+        std::fs::read(d.join("expected.raw")).unwrap()
+    );
+    for k in [
+        "status",
+        "hashes",
+        "format",
+        "virtual_size",
+        "bytes_read",
+        "passed",
+    ] {
+        assert_eq!(by_flags[k], by_spec[k], "{k}");
+    }
+
+    let bad = imgpipe()
+        .args([
+            "convert",
+            "-q",
+            "--sha512",
+            &"0".repeat(128),
+            "img.qcow2",
+            "bad.raw",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(3));
+    assert!(bad.stdout.is_empty());
+    assert!(!d.join("bad.raw").exists());
+
+    let spec = |dst: &str| {
+        let out = imgpipe()
+            .args(["convert", "--print-spec", "img.qcow2", dst])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{dst}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(
+        spec("lvm:vg0/inst_disk:10GiB")
+            .contains("lvm = { vg = \"vg0\", name = \"inst_disk\", size = \"10GiB\" }")
+    );
+    assert!(spec("rbd:vms/inst_disk").contains("rbd = { pool = \"vms\", image = \"inst_disk\" }"));
+    assert!(spec("/dev/loop7").contains("device = \"/dev/loop7\""));
+    let out = imgpipe()
+        .args(["convert", "img.qcow2", "lvm:novg"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
