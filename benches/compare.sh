@@ -7,7 +7,7 @@
 #   IMGPIPE_BIN=path  binary to measure (default: `cargo build --release -p imgpipe-cli` into
 #                     ${CARGO_TARGET_DIR:-target} first)
 #   BENCH_LOCK=file   hold flock(1) on this file from image preparation to the end (a shared
-#                     machine: one measurement at a time), e.g. BENCH_LOCK=/work/bench.lock
+#                     machine: one measurement at a time), e.g. BENCH_LOCK=DIR/bench.lock
 #   OUT=file.json     results (default DIR/compare.json); the plot is written next to it (.svg)
 #
 # Image: SIZE_MIB of pseudo-random data with holes (benches/mkimage.py: 75 % data per 16 MiB),
@@ -209,6 +209,6 @@ python3 "$here/compare_summary.py" "$TSV" "$OUT" \
   kernel="$(uname -r)" fs="$fs" load_start="$load_start" \
   load_end="$(cut -d' ' -f1-3 /proc/loadavg)" \
   repo_head="$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- crates || echo +dirty)" \
-  date="$(date -u +%FT%TZ)" binary="$bin"
+  date="$(date -u +%FT%TZ)" binary="${bin#"$repo"/}"
 python3 "$here/plot.py" "$OUT" "${OUT%.json}.svg"
 echo "results: $OUT  plot: ${OUT%.json}.svg" >&2

@@ -15,7 +15,7 @@
 #           (sha512 from the record, size), no sink: the pipeline without the network, i.e.
 #           the bound the verify run can reach (SHA-512 is serial: one core)
 # and the ratios throughput(x)/throughput(curl). Release builds; the timing loop runs under
-# `flock $BENCH_LOCK` (default /work/bench.lock) so measurements on a shared machine do not
+# `flock $BENCH_LOCK` (default DIR/bench.lock) so measurements on a shared machine do not
 # overlap. The Glance server is stopped by PID on exit.
 set -euo pipefail
 SIZE_MIB="${1:-1024}"
@@ -23,9 +23,9 @@ RUNS="${2:-3}"
 DIR="${3:-/var/tmp/imgpipe-glance-bench}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
-lock="${BENCH_LOCK:-/work/bench.lock}"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
+lock="${BENCH_LOCK:-$DIR/bench.lock}"
 
 echo "building release binaries ..." >&2
 (cd "$repo" && cargo build --release -q -p imgpipe-cli)

@@ -21,8 +21,8 @@
 #                           contender (rbd import and imgpipe alike) to CPU 0, so the cluster's
 #                           CPU no longer depends on how much the client uses — the nearest this
 #                           2-core machine gets to an OSD on another host. Default: unpinned.
-#   IMGPIPE_BENCH_LOCK      lock file taken for the measurements (default /work/bench.lock when
-#                           /work exists, else DIR/bench.lock); the build runs before the lock.
+#   IMGPIPE_BENCH_LOCK      lock file taken for the measurements (default DIR/bench.lock; point
+#                           every bench on a shared machine at one file); the build runs first.
 #   CARGO_TARGET_DIR        where the release binary is built (default: the workspace's target/).
 #
 # What each contender does (page cache warmed with `cat IMG >/dev/null` before every one):
@@ -67,7 +67,7 @@ bin="$target/release/imgpipe"
 mkdir -p "$DIR"
 DIR="$(cd "$DIR" && pwd)"
 bytes=$((SIZE_MIB << 20))
-if [ -d /work ]; then lock="${IMGPIPE_BENCH_LOCK:-/work/bench.lock}"; else lock="${IMGPIPE_BENCH_LOCK:-$DIR/bench.lock}"; fi
+lock="${IMGPIPE_BENCH_LOCK:-$DIR/bench.lock}"
 
 features=()
 case " $SINKS " in *" rbd "*) features=(--features rbd) ;; esac

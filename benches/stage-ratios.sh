@@ -5,7 +5,7 @@
 #  - qcow2 → raw with sha512 of the source vs `qemu-img convert -O raw`              [issue 6]
 #   benches/stage-ratios.sh [SIZE_MIB=2048] [RUNS=3] [DIR=/var/tmp/imgpipe-bench]
 # Honours CARGO_TARGET_DIR. The image is random (no zero extents), so the unencrypted run skips
-# nothing that the encrypted one must write. Run under `flock /work/bench.lock` on shared machines.
+# nothing that the encrypted one must write. Run under `flock LOCKFILE` on shared machines.
 set -euo pipefail
 SIZE_MIB="${1:-2048}"; RUNS="${2:-3}"; DIR="${3:-/var/tmp/imgpipe-bench}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"; bin="${CARGO_TARGET_DIR:-$repo/target}/release/imgpipe"

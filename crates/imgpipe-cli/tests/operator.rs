@@ -308,3 +308,45 @@ fn convert_with_flags_and_the_printed_spec_round_trip() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Nothing in the repository names a path that exists on only one machine (a developer's
+/// checkout, a home directory, a lock file or notes kept next to the checkout).
+#[test]
+fn the_repository_names_no_machine_specific_path() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files = Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert!(files.status.success(), "git ls-files failed");
+    let checkout = root.canonicalize().unwrap();
+    // Built at run time so that this file does not name them itself.
+    let mut needles: Vec<String> = ["work", "home", "root", "Users"]
+        .iter()
+        .map(|s| format!("/{s}/"))
+        .collect();
+    if let Some(parent) = checkout.parent().filter(|p| p.as_os_str().len() > 1) {
+        needles.push(format!("{}/", parent.display()));
+    }
+    let mut found = Vec::new();
+    for name in files.stdout.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = String::from_utf8_lossy(name).to_string();
+        if name.ends_with("Cargo.lock") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(root.join(&name)) else {
+            continue; // binary or missing (a deleted file not yet committed)
+        };
+        for (i, line) in text.lines().enumerate() {
+            if let Some(n) = needles.iter().find(|n| line.contains(n.as_str())) {
+                found.push(format!("{name}:{}: {n}", i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "machine-specific paths:\n{}",
+        found.join("\n")
+    );
+}

@@ -2,8 +2,7 @@
 //! chosen over. Each iteration encrypts 1 MiB in place as 512-byte (or 4096-byte) sectors.
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-xts-main flock /work/bench.lock \
-//!     cargo bench -p imgpipe-crypto --bench xts
+//! flock "$BENCH_LOCK" cargo bench -p imgpipe-crypto --bench xts
 //! ```
 //! Divide the reported time by 1 048 576 for ns/byte. Times are the benchmark thread's **CPU
 //! time** (`CLOCK_THREAD_CPUTIME_ID`), not wall time, so that other load on a shared machine

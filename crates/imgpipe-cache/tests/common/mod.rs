@@ -1,5 +1,4 @@
-//! Shared test helpers: the cache wiring exactly as `/work/notes/cache-wiring.md` asks the
-//! facade to do it (lookup → Hit/Fill → same observers → publish/abandon), real HTTP server,
+//! Shared test helpers: the cache wiring exactly as the facade does it (lookup → Hit/Fill → same observers → publish/abandon), real HTTP server,
 //! pseudo-random images.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
