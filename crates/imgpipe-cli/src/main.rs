@@ -85,6 +85,15 @@ enum Command {
     /// Convert an image into a disk without a spec file (qemu-img-style flags); `--print-spec`
     /// shows the equivalent spec.
     Convert(convert_cmd::ConvertArgs),
+    /// qemu-img-info-like fields (format, virtual size, image and disk size) plus imgpipe's
+    /// verdict; exit 3 when the image is unsafe.
+    Info {
+        /// File path, http(s) URL, or `-`.
+        input: String,
+        /// Print one JSON object on stdout (also `--output=json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Detect an image's format and check it is safe, without writing anything.
     Inspect {
         /// File path, http(s) URL, or `-`.
@@ -232,6 +241,7 @@ fn main() {
             },
             Command::Hash(a) => hash_cmd::run(a).await,
             Command::Convert(a) => convert_cmd::run(a).await,
+            Command::Info { input, json } => inspect::info(&input, json).await,
             Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {

@@ -350,3 +350,41 @@ fn the_repository_names_no_machine_specific_path() {
         found.join("\n")
     );
 }
+
+/// `imgpipe info` agrees with `qemu-img info` (format, virtual size, disk size) and adds the
+/// verdict; an unsafe image exits 3 with its check.
+#[test]
+fn info_agrees_with_qemu_img_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    sh("qemu-img create -q -f qcow2 a.qcow2 3G", d);
+    sh(
+        "qemu-img create -q -f vpc -o subformat=dynamic b.vhd 100M",
+        d,
+    );
+    sh("qemu-img create -q -f qcow2 -b a.qcow2 -F qcow2 c.qcow2", d);
+    for name in ["a.qcow2", "b.vhd"] {
+        let q: serde_json::Value =
+            serde_json::from_str(&sh(&format!("qemu-img info --output=json {name}"), d)).unwrap();
+        let out = imgpipe()
+            .args(["info", "--output=json", name])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["virtual-size"], q["virtual-size"], "{name}");
+        assert_eq!(v["actual-size"], q["actual-size"], "{name}");
+        let qfmt = q["format"].as_str().unwrap().replace("vpc", "vhd");
+        assert_eq!(v["format"], qfmt, "{name}");
+        assert_eq!(v["imgpipe"]["safe"], true, "{name}");
+    }
+    let out = imgpipe()
+        .args(["info", "--json", "c.qcow2"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["imgpipe"]["violations"][0]["check"], "qcow2.backing_file");
+}
