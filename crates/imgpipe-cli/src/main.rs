@@ -129,6 +129,13 @@ enum Command {
     /// Look after a verified image cache directory: list, verify (re-hash against the
     /// sidecars), evict (by size/age), prune (leftovers of killed fills).
     Cache(cache_cmd::CacheArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `imgpipe man > imgpipe.1`.
+    Man,
     /// Generate a small local image and run the main job on it (no server needed).
     Demo {
         /// Where to put the demo files (default: a new temporary directory).
@@ -242,6 +249,23 @@ fn main() {
             Command::Hash(a) => hash_cmd::run(a).await,
             Command::Convert(a) => convert_cmd::run(a).await,
             Command::Info { input, json } => inspect::info(&input, json).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut buf = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "imgpipe", &mut buf);
+                write_stdout(&buf)
+            }
+            Command::Man => {
+                use clap::CommandFactory;
+                let mut buf = Vec::new();
+                match clap_mangen::Man::new(Cli::command()).render(&mut buf) {
+                    Ok(()) => write_stdout(&buf),
+                    Err(e) => {
+                        errln!("imgpipe man: {e}");
+                        1
+                    }
+                }
+            }
             Command::Cache(a) => cache_cmd::run(a).await,
             Command::Demo { dir, size_mib, json } => match demo::prepare(dir.as_deref(), size_mib) {
                 Ok(spec_path) => {
@@ -264,6 +288,20 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// Write generated text to stdout; a closed stdout is not an error worth a panic.
+fn write_stdout(buf: &[u8]) -> i32 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(buf).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            errln!("imgpipe: cannot write to stdout: {e}");
+            1
+        }
+    }
 }
 
 fn print_json(report: &RunReport) {

@@ -388,3 +388,30 @@ fn info_agrees_with_qemu_img_info() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["imgpipe"]["violations"][0]["check"], "qcow2.backing_file");
 }
+
+/// Shell completions and the man page come from the clap definition: bash accepts the script
+/// and it knows the subcommands; the man page is roff naming them.
+#[test]
+fn completions_and_man_page_are_generated() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = imgpipe().args(["completions", "bash"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let script = String::from_utf8(out.stdout).unwrap();
+    for verb in ["convert", "info", "inspect", "hash", "cache", "run"] {
+        assert!(script.contains(verb), "completion lacks {verb}");
+    }
+    std::fs::write(dir.path().join("imgpipe.bash"), &script).unwrap();
+    sh("bash -n imgpipe.bash", dir.path());
+    for shell in ["zsh", "fish"] {
+        let out = imgpipe().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(!out.stdout.is_empty(), "{shell}");
+    }
+    let out = imgpipe().arg("man").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.contains(".TH imgpipe 1"), "{man}");
+    for verb in ["convert", "info", "verify"] {
+        assert!(man.contains(verb), "man page lacks {verb}");
+    }
+}
