@@ -437,39 +437,40 @@ fn exit_code(report: &RunReport) -> i32 {
     }
 }
 
-/// The human report; `writes`: the run had a sink (a verify-only run publishes nothing anyway).
+/// The human report, on stdout like every result (diagnostics and progress go to stderr);
+/// `writes`: the run had a sink (a verify-only run publishes nothing anyway).
 fn print_text(r: &RunReport, writes: bool) {
     let status = match r.status {
         Status::Ok => "ok",
         Status::Rejected => "REJECTED",
         Status::Error => "ERROR",
     };
-    errln!("status:   {status}");
+    outln!("status:   {status}");
     if let Some(reason) = &r.reason {
-        errln!("reason:   {reason}");
+        outln!("reason:   {reason}");
         if r.status != Status::Ok && writes {
-            errln!("          nothing was published");
+            outln!("          nothing was published");
         }
     }
-    errln!("source:   {} ({} bytes read)", r.source, r.bytes_read);
+    outln!("source:   {} ({} bytes read)", r.source, r.bytes_read);
     if let Some(f) = &r.format {
         let vs = r
             .virtual_size
             .map(|v| format!(", virtual size {v} bytes"))
             .unwrap_or_default();
-        errln!("format:   {f}{vs}");
+        outln!("format:   {f}{vs}");
     }
     for (a, h) in &r.hashes {
-        errln!("{a:<9} {h}");
+        outln!("{a:<9} {h}");
     }
     for p in &r.passed {
-        errln!("passed:   {p}");
+        outln!("passed:   {p}");
     }
     for w in &r.warnings {
-        errln!("WARNING:  {w}");
+        outln!("WARNING:  {w}");
     }
     if let Some(s) = &r.sink {
-        errln!(
+        outln!(
             "sink:     {s} ({} bytes written, {} bytes of zeros left as holes)",
             r.bytes_written,
             r.zero_bytes_skipped
@@ -480,9 +481,9 @@ fn print_text(r: &RunReport, writes: bool) {
     } else {
         0.0
     };
-    errln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
+    outln!("time:     {:.2} s ({rate:.0} MB/s)", r.seconds);
     for st in &r.stages {
-        errln!(
+        outln!(
             "  stage {:<40} {:>12} bytes {:>9.0} MB/s busy {:.2} s ({:>3.0}% of the run)",
             st.name,
             st.bytes,
@@ -492,7 +493,7 @@ fn print_text(r: &RunReport, writes: bool) {
         );
     }
     if let Some(l) = &r.limiting_stage {
-        errln!("limited by: {l}");
+        outln!("limited by: {l}");
     }
 }
 

@@ -281,7 +281,7 @@ fn run_case(fault: &str, server_args: &[&str], sink: SinkKind, digest: bool, wan
             assert_eq!(r["check"], c, "{what}: {}", r["reason"]);
         }
     } else if let Some(p) = want.phrase {
-        assert!(stderr.contains(p), "{what}: no {p:?} in {stderr}");
+        assert!(stdout.contains(p), "{what}: no {p:?} in {stdout}");
     }
 
     // Nothing published.

@@ -103,9 +103,11 @@ fn verify_does_not_say_nothing_was_published() {
     .unwrap();
     let v = imgpipe().arg("verify").arg(&spec).output().unwrap();
     assert_eq!(v.status.code(), Some(3));
-    let err = String::from_utf8_lossy(&v.stderr);
-    assert!(err.contains("REJECTED"), "{err}");
-    assert!(!err.contains("nothing was published"), "{err}");
+    // The report is a result: on stdout, with nothing of it on stderr.
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("REJECTED"), "{out}");
+    assert!(!out.contains("nothing was published"), "{out}");
+    assert!(!String::from_utf8_lossy(&v.stderr).contains("REJECTED"));
     // `run` of the same spec does say it.
     let r = imgpipe()
         .args(["run", "--progress", "never"])
@@ -113,7 +115,7 @@ fn verify_does_not_say_nothing_was_published() {
         .output()
         .unwrap();
     assert_eq!(r.status.code(), Some(3));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("nothing was published"));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("nothing was published"));
 }
 
 #[test]
