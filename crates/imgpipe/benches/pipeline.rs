@@ -222,7 +222,7 @@ fn fanout(c: &mut Criterion) {
             b.iter(|| {
                 rt.block_on(async {
                     let p = Pipeline {
-                        source: imgpipe::open_source(&spec).await.unwrap(),
+                        source: imgpipe::assembly::open_source(&spec).await.unwrap(),
                         observers: (0..n)
                             .map(|_| Box::new(Count(0)) as Box<dyn Observer>)
                             .collect(),

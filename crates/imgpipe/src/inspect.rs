@@ -6,7 +6,7 @@ use imgpipe_core::{DriverOptions, Error, ErrorKind, Pipeline, Progress, Result};
 use imgpipe_format::inspect::Verdict;
 use imgpipe_spec::Spec;
 
-use crate::build::{inspector, open_source};
+use crate::assemble::{inspector, open_source};
 use crate::observers::InspectObserver;
 
 /// Read `spec.source` once through the inspector (with `spec.inspect`'s policy) and return its

@@ -21,18 +21,25 @@
 //! # }
 //! ```
 
-mod build;
+mod assemble;
 mod disk;
 mod inspect;
 mod observers;
 mod report;
+mod run;
 mod verdict;
 
-pub use build::{
-    CacheUse, build, build_cached, encryptor, finish_cache, inspector, open_source, run,
-    verification, verification_pinned,
-};
-pub use disk::{DiskOptions, Encryptor, ImageToDisk};
+/// Pieces of the assembly, for the project's own tests and benches; not a stable API.
+///
+/// A driver uses [`run`] (or [`inspect`]); these let a test or a bench put a pipeline together
+/// from the same parts [`run`] uses.
+#[doc(hidden)]
+pub mod assembly {
+    pub use crate::assemble::{build, inspector, open_source, verification};
+    pub use crate::disk::{DiskOptions, Encryptor, ImageToDisk};
+    pub use crate::observers::InspectObserver;
+}
+
 pub use imgpipe_cache as cache;
 pub use imgpipe_core as core;
 pub use imgpipe_core::{Error, ErrorKind, Phase, Progress, ProgressEvent, Result};
@@ -42,6 +49,5 @@ pub use imgpipe_io::redact_url;
 pub use imgpipe_spec as spec;
 pub use imgpipe_spec::Spec;
 pub use inspect::{inspect, verdict_json};
-pub use observers::{HashObserver, InspectObserver, SizeObserver};
 pub use report::{RunReport, StageReport, Status};
-pub use verdict::verdict_error;
+pub use run::run;

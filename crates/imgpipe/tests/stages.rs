@@ -231,7 +231,7 @@ impl imgpipe::core::Sink for CountingSink {
 fn run_counting(spec: &Spec) -> (imgpipe::core::RunOutcome, Vec<&'static str>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (mut p, _warnings) = imgpipe::build(spec).await.unwrap();
+        let (mut p, _warnings) = imgpipe::assembly::build(spec).await.unwrap();
         let calls = SinkCalls::default();
         let (stage, sink) = p.disk.take().expect("the spec has a sink");
         p.disk = Some((

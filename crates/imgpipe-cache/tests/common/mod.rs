@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
+use imgpipe::assembly::{DiskOptions, ImageToDisk, InspectObserver};
 use imgpipe::core::{DiskStage, DriverOptions, Observer, Pipeline, RunOutcome, Sink, Source};
 use imgpipe::spec::{CacheSpec, ConvertFormat, SinkSpec, SinkTarget, SourceSpec};
-use imgpipe::{DiskOptions, ImageToDisk, InspectObserver, Progress, Spec};
+use imgpipe::{Progress, Spec};
 use imgpipe_cache::{Cache, Entry, FillOutcome, HitOutcome};
 use imgpipe_format::decode::DecodeOptions;
 use imgpipe_io::{FileSink, FileZeroes};
@@ -55,7 +56,7 @@ pub async fn assemble(
     source: Box<dyn Source>,
     extra: Vec<Box<dyn Observer>>,
 ) -> Result<Pipeline, imgpipe::Error> {
-    let (mut observers, _warnings) = imgpipe::verification(spec).await?;
+    let (mut observers, _warnings) = imgpipe::assembly::verification(spec).await?;
     observers.extend(extra);
     let len = source.len_hint();
     let disk = match &spec.sink {
@@ -67,7 +68,7 @@ pub async fn assemble(
             let mut decode = DecodeOptions::default();
             decode.stream_len = len;
             let stage = ImageToDisk::new(DiskOptions {
-                inspector: Some(imgpipe::inspector(spec, len)),
+                inspector: Some(imgpipe::assembly::inspector(spec, len)),
                 preserve: spec.convert == ConvertFormat::Preserve,
                 declared: spec.inspect.disk_format,
                 decode,
@@ -80,7 +81,7 @@ pub async fn assemble(
         Some(_) => panic!("tests use file sinks"),
         None => {
             observers.push(Box::new(InspectObserver::new(
-                imgpipe::inspector(spec, len),
+                imgpipe::assembly::inspector(spec, len),
                 true,
             )));
             None
@@ -117,7 +118,7 @@ pub async fn run_cached(cache: Option<&Cache>, spec: &Spec) -> Ran {
         Some(Entry::Fill(mut fill)) => {
             let s = fill.spec(spec);
             let tee = fill.tee().unwrap();
-            let built = match imgpipe::open_source(&s).await {
+            let built = match imgpipe::assembly::open_source(&s).await {
                 Ok(src) => assemble(&s, src, vec![tee]).await,
                 Err(e) => Err(e),
             };
@@ -142,7 +143,7 @@ pub async fn run_cached(cache: Option<&Cache>, spec: &Spec) -> Ran {
             }
         }
         None => {
-            let src = imgpipe::open_source(spec).await;
+            let src = imgpipe::assembly::open_source(spec).await;
             let result = match src {
                 Ok(src) => match assemble(spec, src, vec![]).await {
                     Ok(p) => Ok(p.run(Arc::new(Progress::default())).await),
