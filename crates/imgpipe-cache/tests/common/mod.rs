@@ -50,7 +50,7 @@ impl Ran {
     }
 }
 
-/// What build.rs does, with the source and extra observers given (the hook the wiring adds).
+/// What the facade's assembly (`imgpipe::assembly`) does, with the source and extra observers given (the hook the wiring adds).
 pub async fn assemble(
     spec: &Spec,
     source: Box<dyn Source>,
