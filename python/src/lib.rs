@@ -104,16 +104,7 @@ fn usage_problem(py: Python<'_>, key: &str, message: String) -> PyResult<Py<PyAn
 
 /// The source for an `inspect`/`verify --input` argument, as the CLI reads it.
 fn source_of(input: &str) -> SourceSpec {
-    if input == "-" {
-        SourceSpec::Stdin
-    } else if input.starts_with("http://") || input.starts_with("https://") {
-        SourceSpec::Http {
-            url: input.to_string(),
-            headers: vec![],
-        }
-    } else {
-        SourceSpec::File(PathBuf::from(input))
-    }
+    SourceSpec::from_input(input)
 }
 
 /// Parse a spec given as a path (`is_path`) or as TOML/JSON text; text resolves relative

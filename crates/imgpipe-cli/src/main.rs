@@ -159,16 +159,7 @@ pub(crate) fn shown(input: &str) -> String {
 }
 
 pub(crate) fn source_of(input: &str) -> SourceSpec {
-    if input == "-" {
-        SourceSpec::Stdin
-    } else if input.starts_with("http://") || input.starts_with("https://") {
-        SourceSpec::Http {
-            url: input.to_string(),
-            headers: vec![],
-        }
-    } else {
-        SourceSpec::File(PathBuf::from(input))
-    }
+    SourceSpec::from_input(input)
 }
 
 /// qemu-img's `--output=json` (or `--output json`) is accepted wherever `--json` is, and

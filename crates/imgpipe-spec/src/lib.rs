@@ -103,6 +103,24 @@ pub enum SourceSpec {
     Glance(GlanceSpec),
 }
 
+impl SourceSpec {
+    /// The source a command-line argument names: `-` is stdin, an `http://` or `https://` URL
+    /// is fetched, anything else is a file path (what `imgpipe inspect/hash/convert` and the
+    /// Python `inspect` take).
+    pub fn from_input(input: &str) -> SourceSpec {
+        if input == "-" {
+            SourceSpec::Stdin
+        } else if input.starts_with("http://") || input.starts_with("https://") {
+            SourceSpec::Http {
+                url: input.to_string(),
+                headers: vec![],
+            }
+        } else {
+            SourceSpec::File(PathBuf::from(input))
+        }
+    }
+}
+
 /// A Glance Images API v2 source.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct GlanceSpec {
