@@ -223,30 +223,7 @@ fn unavailable(message: String) -> Error {
 
 /// `{endpoint}/v1/secrets/` from a user-supplied endpoint.
 fn secrets_url(endpoint: &str) -> Result<reqwest::Url> {
-    let bad = |why: String| {
-        Error::new(
-            ErrorKind::Spec,
-            format!("invalid Barbican endpoint {}: {why}", printable(endpoint)),
-        )
-    };
-    let mut url = reqwest::Url::parse(endpoint).map_err(|e| bad(e.to_string()))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "scheme {:?}; only http and https are allowed",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none() {
-        return Err(bad("no host".into()));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("a query or fragment is not allowed".into()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "credentials in the URL are not allowed; pass a token".into()
-        ));
-    }
+    let mut url = super::rest::base_url(endpoint, "Barbican endpoint")?;
     let mut path = url.path().trim_end_matches('/').to_string();
     if !path.ends_with("/v1") {
         path.push_str("/v1");
